@@ -1,0 +1,90 @@
+"""fit(): validation, workflow choice, result assembly."""
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import starts as starts_mod
+from .covariance import covariance
+from .errors import ModelError
+from .parallel.driver import run_serial
+from .result import FitResult
+from .solver import MESSAGES, FAILED, Options, Problem, compiled_solver, is_success
+from .solver.linalg import cl_scaling_vector, find_active_constraints
+from .solver.losses import loss_cost, scale_for_loss
+from .validation import check, check_model_output
+
+log = logging.getLogger("nlsq_mpi")
+
+
+def default_batch_width(m, n, n_starts):
+    """Lanes per jitted call. On CPU the cost per lane is flat beyond a few lanes, and a narrow
+    batch wastes less on the tail of slow starts; an accelerator needs wide batches. Bounded by
+    ~256 MB of Jacobians."""
+    by_memory = max(1, int(256e6 // (8 * (m + n) * (n + 2) * 3)))
+    lanes = 16 if jax.default_backend() == "cpu" else 1024
+    return int(max(1, min(n_starts, lanes, by_memory)))
+
+
+def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(-np.inf, np.inf),
+        workflow="local", n_starts=None, sampler="sobol", seed=0, checkpoint_dir=None,
+        checkpoint_interval=10, loss="linear", f_scale=1.0, x_scale=1.0, ftol=1e-8, xtol=1e-8,
+        gtol=1e-8, max_nfev=None, check_finite=True, jac=None, batch_size=None):
+    """Bounded nonlinear least squares of ``model(xdata, *p)`` to ``ydata``, from one start
+    (workflow="local", from p0) or many (workflow="auto_global"/"hpc", inside finite bounds).
+
+    The solver is scipy's Trust Region Reflective method (``least_squares(method="trf")``),
+    jitted and vmapped over a batch of starts. ``pcov`` is computed as scipy's ``curve_fit``
+    does. Returns a FitResult that unpacks as ``popt, pcov``.
+    """
+    c = check(model, xdata, ydata, p0, sigma, bounds, workflow, n_starts, sampler, loss, f_scale,
+              x_scale, ftol, xtol, gtol, max_nfev, check_finite, checkpoint_interval)
+    x0 = starts_mod.start_points(c.sampler, seed, c.lb, c.ub, np.arange(c.n_starts), c.n_starts, c.p0) \
+        if workflow != "local" else c.p0[None, :]
+    check_model_output(model, c.xdata, c.y_shape, x0[0])
+
+    bounded = bool(np.any(np.isfinite(c.lb)) or np.any(np.isfinite(c.ub)))
+    opts = Options(loss=loss, jac_scale=c.jac_scale, sigma_kind=c.sigma_kind, bounded=bounded)
+    solver = compiled_solver(model, jac, opts)
+    problem = make_problem(c, f_scale, ftol, xtol, gtol, max_nfev)
+    width = batch_size or default_batch_width(c.ydata.size, c.n, c.n_starts)
+
+    table = run_serial(solver.advance, problem, x0, width, checkpoint_interval,
+                       c.lb, c.ub, c.x_scale_inv)
+    return assemble_result(solver, problem, c, table, workflow, loss, f_scale, xtol, absolute_sigma)
+
+
+def make_problem(c, f_scale, ftol, xtol, gtol, max_nfev):
+    xdata = jax.tree.map(jnp.asarray, c.xdata)
+    return Problem(xdata=xdata, ydata=jnp.asarray(c.ydata), sigma=jnp.asarray(c.sigma),
+                   lb=jnp.asarray(c.lb), ub=jnp.asarray(c.ub), x_scale_inv=jnp.asarray(c.x_scale_inv),
+                   f_scale=jnp.asarray(float(f_scale)), ftol=jnp.asarray(float(ftol)),
+                   xtol=jnp.asarray(float(xtol)), gtol=jnp.asarray(float(gtol)),
+                   max_nfev=jnp.asarray(int(max_nfev or 100 * c.n), jnp.int32))
+
+
+def assemble_result(solver, problem, c, table, workflow, loss, f_scale, xtol, absolute_sigma,
+                    resumed_from=None):
+    best = table.best()
+    if best is None:
+        raise ModelError(f"model: all {len(table.cost)} starts failed: residuals or Jacobian are "
+                         "not finite at every start point")
+    popt = table.x[best].copy()
+    f, Jt = solver.residual_and_jacobian_t(problem, jnp.asarray(popt))
+    fs, Jts = scale_for_loss(loss, f, Jt, f_scale)
+    g = Jts @ fs
+    v, _ = cl_scaling_vector(jnp.asarray(popt), g, problem.lb, problem.ub)
+    f, Js = np.asarray(f), np.asarray(Jts).T
+    cost = float(loss_cost(loss, jnp.asarray(f), f_scale))
+    m, n = f.size, popt.size
+    pcov, perr = covariance(Js, cost, m, n, absolute_sigma)
+    status = int(table.status[best])
+    return FitResult(
+        popt=popt, pcov=pcov, perr=perr, cost=cost, chi2=float(f @ f), dof=m - n,
+        success=bool(is_success(status)), status=status, message=MESSAGES[status],
+        nfev=int(table.nfev[best]), nit=int(table.nit[best]),
+        optimality=float(jnp.max(jnp.abs(g * v))),
+        active_mask=np.asarray(find_active_constraints(jnp.asarray(popt), problem.lb, problem.ub, xtol)),
+        best_start=best, n_starts=len(table.cost), starts=table, fun=f, workflow=workflow,
+        resumed_from=resumed_from)

@@ -1,0 +1,1 @@
+"""Distribution of starts over processes: communicator, detection, device binding, driver."""

@@ -1,0 +1,102 @@
+"""FitResult: what fit() returns, identical on every rank."""
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+
+@dataclass
+class StartsTable:
+    """One row per start, indexed by global start index."""
+    x0: np.ndarray          # (n_starts, n) start points
+    x: np.ndarray           # (n_starts, n) final points
+    cost: np.ndarray        # (n_starts,) final 0.5 * sum(rho); inf for failed starts
+    status: np.ndarray      # (n_starts,) solver status (see nlsq_mpi.solver.status)
+    nit: np.ndarray
+    nfev: np.ndarray
+
+    @classmethod
+    def empty(cls, n_starts, n):
+        return cls(x0=np.full((n_starts, n), np.nan), x=np.full((n_starts, n), np.nan),
+                   cost=np.full(n_starts, np.inf), status=np.full(n_starts, -5, np.int32),
+                   nit=np.zeros(n_starts, np.int32), nfev=np.zeros(n_starts, np.int32))
+
+    def best(self):
+        """Index of the lowest cost among finished starts (ties to the lower index), or None."""
+        ok = (self.status >= 0) & np.isfinite(self.cost)
+        if not ok.any():
+            return None
+        return int(np.flatnonzero(ok)[np.argmin(self.cost[ok])])
+
+    def as_dict(self):
+        return {k: getattr(self, k) for k in ("x0", "x", "cost", "status", "nit", "nfev")}
+
+
+@dataclass
+class FitResult:
+    """Best fit over all starts. Unpacks as ``popt, pcov = fit(...)``."""
+    popt: np.ndarray
+    pcov: np.ndarray
+    perr: np.ndarray
+    cost: float             # 0.5 * sum(rho(residuals)) at popt
+    chi2: float             # sum of squared whitened residuals at popt
+    dof: int                # m - n
+    success: bool
+    status: int
+    message: str
+    nfev: int
+    nit: int
+    optimality: float
+    active_mask: np.ndarray
+    best_start: int
+    n_starts: int
+    starts: StartsTable
+    fun: np.ndarray         # whitened residuals at popt
+    workflow: str = "local"
+    resumed_from: Optional[str] = None
+    extra: dict = field(default_factory=dict)
+
+    def __iter__(self):
+        yield self.popt
+        yield self.pcov
+
+    @property
+    def reduced_chi2(self):
+        return self.chi2 / self.dof if self.dof > 0 else np.inf
+
+    def summary(self):
+        lines = [f"nlsq_mpi {self.workflow}: best of {self.n_starts} starts is start "
+                 f"{self.best_start} ({self.message})",
+                 f"  cost {self.cost:.10g}  chi2 {self.chi2:.10g}  reduced chi2 {self.reduced_chi2:.6g}"]
+        for i, (p, e) in enumerate(zip(self.popt, self.perr)):
+            lines.append(f"  p[{i}] = {p:.10g} +/- {e:.3g}")
+        done = int(np.sum(self.starts.status >= 0))
+        lines.append(f"  starts converged {int(np.sum(self.starts.status > 0))}/{self.n_starts}, "
+                     f"finished {done}, failed {int(np.sum(self.starts.status == -4))}")
+        return "\n".join(lines)
+
+    def save(self, path):
+        """Write the result to ``path`` (.npz or .h5) atomically: temporary file, then rename."""
+        path = Path(path)
+        arrays = {"popt": self.popt, "pcov": self.pcov, "perr": self.perr,
+                  "active_mask": self.active_mask, "fun": self.fun,
+                  **{f"starts_{k}": v for k, v in self.starts.as_dict().items()}}
+        scalars = {k: getattr(self, k) for k in ("cost", "chi2", "dof", "success", "status", "message",
+                                                  "nfev", "nit", "optimality", "best_start",
+                                                  "n_starts", "workflow")}
+        scalars["resumed_from"] = self.resumed_from or ""
+        tmp = path.with_name(f".{path.name}.tmp")
+        if path.suffix == ".npz":
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays, **{k: np.asarray(v) for k, v in scalars.items()})
+        elif path.suffix in (".h5", ".hdf5"):
+            import h5py
+            with h5py.File(tmp, "w") as fh:
+                for k, v in arrays.items():
+                    fh.create_dataset(k, data=v)
+                fh.attrs.update(scalars)
+        else:
+            raise ValueError(f"path: unsupported suffix {path.suffix!r}; use .npz or .h5")
+        tmp.replace(path)
+        return path

@@ -1,0 +1,237 @@
+"""Bounded Trust Region Reflective least squares as pure functions over an explicit state.
+
+The algorithm is Branch, Coleman & Li (1999), step for step as in scipy's
+``least_squares(method="trf", tr_solver="exact")`` (``_lsq/trf.py``), with one change of
+shape: scipy's nested loop (outer: new Jacobian, inner: shrink the radius until a step is
+accepted) is flattened into a single step, one function evaluation each, so a batch of
+starts advances in lock-step under ``jax.vmap`` and can be stopped, saved and resumed between
+any two steps. Everything a start needs to continue lives in ``SolverState``; the residuals
+and Jacobian at ``x`` are recomputed at the start of each step from ``x`` alone, by the same
+compiled code, so a state reloaded from a checkpoint continues bit for bit.
+
+The subproblem uses the SVD of the augmented, scaled Jacobian like scipy, computed as the
+QR factor R of [J_h f; diag(diag_h)^1/2 0] followed by the SVD of the n-by-n R, which gives
+the same singular values and U^T f in O(m n^2) without forming U.
+"""
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from . import linalg
+from .losses import loss_cost, scale_for_loss
+from .status import EMPTY, FAILED, RUNNING
+
+
+class Problem(NamedTuple):
+    """Data and settings of one fit, passed as traced arguments (no recompile when they change)."""
+    xdata: Any            # passed to the model unchanged
+    ydata: jax.Array      # (m,)
+    sigma: jax.Array      # (m,) standard deviations, (m, m) lower Cholesky factor, or (0,) none
+    lb: jax.Array         # (n,)
+    ub: jax.Array         # (n,)
+    x_scale_inv: jax.Array  # (n,), unused with x_scale="jac"
+    f_scale: jax.Array
+    ftol: jax.Array
+    xtol: jax.Array
+    gtol: jax.Array
+    max_nfev: jax.Array
+
+
+class Options(NamedTuple):
+    """Static choices: each distinct value compiles its own solver."""
+    loss: str = "linear"
+    jac_scale: bool = False
+    sigma_kind: str = "none"   # "none", "1d", "2d"
+    bounded: bool = True
+
+
+class SolverState(NamedTuple):
+    """Everything one start needs to continue (one row per lane when batched)."""
+    x: jax.Array           # current iterate, strictly feasible
+    cost: jax.Array        # 0.5 * sum(rho(f(x)))
+    Delta: jax.Array       # trust-region radius
+    alpha: jax.Array       # Levenberg-Marquardt parameter carried between subproblems
+    scale_inv: jax.Array   # variable scaling (running max of column norms with x_scale="jac")
+    optimality: jax.Array  # ||g * v||_inf at x
+    nfev: jax.Array
+    njev: jax.Array
+    nit: jax.Array
+    status: jax.Array      # RUNNING, EMPTY, FAILED or scipy's 0..4
+    pending: jax.Array     # ftol/xtol status raised by the last trial, applied at the next step
+    accepted: jax.Array    # the last trial was accepted: x is new
+    fresh: jax.Array       # not stepped yet: cost, Delta and scale_inv still to initialise
+
+
+def init_state(x0, lb, ub, x_scale_inv):
+    """States for a batch of start points x0 (k, n); x0 is moved strictly inside the bounds
+    as scipy does. No model evaluation happens here: the first step does it."""
+    x0 = jnp.asarray(x0, jnp.float64)
+    k, n = x0.shape
+    x = jax.vmap(lambda x: linalg.make_strictly_feasible(x, lb, ub, 1e-10))(x0)
+    zeros = jnp.zeros(k, jnp.float64)
+    izeros = jnp.zeros(k, jnp.int32)
+    return SolverState(
+        x=x, cost=zeros, Delta=zeros, alpha=zeros,
+        scale_inv=jnp.broadcast_to(x_scale_inv, (k, n)).astype(jnp.float64),
+        optimality=zeros, nfev=izeros, njev=izeros, nit=izeros,
+        status=jnp.full(k, RUNNING, jnp.int32), pending=jnp.full(k, -1, jnp.int32),
+        accepted=jnp.zeros(k, bool), fresh=jnp.ones(k, bool))
+
+
+def empty_state(k, n):
+    """A batch of k lanes holding no start (status EMPTY: never stepped)."""
+    st = init_state(jnp.zeros((k, n)), jnp.full(n, -jnp.inf), jnp.full(n, jnp.inf), jnp.ones(n))
+    return st._replace(status=jnp.full(k, EMPTY, jnp.int32), fresh=jnp.zeros(k, bool))
+
+
+def make_residual_fns(model: Callable, jac: Callable | None, opts: Options):
+    """(residual(problem, p), residual_and_jacobian_t(problem, p)) for ``model(x, *p)``; the
+    Jacobian comes transposed, (n, m), one contiguous row per parameter.
+
+    Residuals are whitened as in curve_fit: (model - y) / sigma for 1-D sigma, L^-1 (model - y)
+    for a covariance C = L L^T. The Jacobian is forward-mode autodiff unless ``jac`` is given.
+    """
+    def whiten(problem, r):
+        if opts.sigma_kind == "1d":
+            return r / problem.sigma if r.ndim == 1 else r / problem.sigma[:, None]
+        if opts.sigma_kind == "2d":
+            return jax.scipy.linalg.solve_triangular(problem.sigma, r, lower=True)
+        return r
+
+    def residual(problem, p):
+        pred = jnp.reshape(model(problem.xdata, *[p[i] for i in range(p.shape[0])]), (-1,))
+        return whiten(problem, pred - problem.ydata)
+
+    def residual_and_jacobian_t(problem, p):
+        if jac is not None:
+            J = jnp.reshape(jnp.asarray(jac(problem.xdata, *[p[i] for i in range(p.shape[0])])),
+                            (problem.ydata.shape[0], p.shape[0]))
+            return residual(problem, p), whiten(problem, J).T
+        basis = jnp.eye(p.shape[0], dtype=p.dtype)
+        push = lambda t: jax.jvp(lambda q: residual(problem, q), (p,), (t,))
+        return jax.vmap(push, out_axes=(None, 0))(basis)
+
+    return residual, residual_and_jacobian_t
+
+
+def make_step(model: Callable, jac: Callable | None, opts: Options):
+    """One TRF step for one start: ``step(problem, state) -> state`` (vmap it over lanes)."""
+    residual, residual_and_jacobian_t = make_residual_fns(model, jac, opts)
+
+    def step(problem: Problem, st: SolverState) -> SolverState:
+        lb, ub = problem.lb, problem.ub
+        n = st.x.shape[0]
+        f_true, Jt = residual_and_jacobian_t(problem, st.x)
+        m = f_true.shape[0]
+        finite = jnp.all(jnp.isfinite(f_true)) & jnp.all(jnp.isfinite(Jt))
+        cost = jnp.where(st.fresh, loss_cost(opts.loss, f_true, problem.f_scale), st.cost)
+        f, Jt = scale_for_loss(opts.loss, f_true, Jt, problem.f_scale)
+        g = Jt @ f
+
+        if opts.jac_scale:
+            col_norms = jnp.sum(Jt**2, axis=1) ** 0.5
+            scale_inv = jnp.where(st.fresh, jnp.where(col_norms == 0, 1.0, col_norms),
+                                  jnp.where(st.accepted, jnp.maximum(col_norms, st.scale_inv),
+                                            st.scale_inv))
+        else:
+            scale_inv = problem.x_scale_inv
+        scale = 1 / scale_inv
+
+        v, dv = linalg.cl_scaling_vector(st.x, g, lb, ub)
+        g_norm = jnp.max(jnp.abs(g * v))
+        v = jnp.where(dv != 0, v * scale_inv, v)
+        Delta0 = jnp.linalg.norm(st.x * scale_inv / v**0.5)
+        Delta = jnp.where(st.fresh, jnp.where(Delta0 == 0, 1.0, Delta0), st.Delta)
+        alpha = jnp.where(st.fresh, 0.0, st.alpha)
+        nfev = jnp.where(st.fresh, 1, st.nfev)
+        njev = jnp.where(st.fresh, 1, st.njev + st.accepted.astype(jnp.int32))
+
+        # The test at the top of scipy's outer loop.
+        status = jnp.where(g_norm < problem.gtol, 1,
+                           jnp.where(st.pending >= 0, st.pending,
+                                     jnp.where(nfev >= problem.max_nfev, 0, RUNNING)))
+        status = jnp.where(st.fresh & ~finite, FAILED, status)
+
+        # One trial step (scipy's inner loop body).
+        d = v**0.5 * scale
+        diag_h = g * dv * scale
+        g_h = d * g
+        # A^T, so that LAPACK's column-major A is this row-major array without a transpose.
+        left = jnp.concatenate([Jt * d[:, None], f[None, :]], axis=0)
+        right = jnp.concatenate([jnp.diag(diag_h**0.5), jnp.zeros((1, n))], axis=0)
+        R_full = jnp.linalg.qr(jnp.concatenate([left, right], axis=1).T, mode="r")
+        R, qf = R_full[:n, :n], R_full[:n, n]
+        Ur, s, Vt = jnp.linalg.svd(R)
+        uf = Ur.T @ qf
+        m_rows = m + n if opts.bounded else m
+        theta = jnp.maximum(0.995, 1 - g_norm)
+        p_h, alpha_trial = linalg.solve_lsq_trust_region(m_rows, uf, s, Vt.T, Delta, alpha)
+        p = d * p_h
+        step_x, step_h, predicted = linalg.select_step(
+            st.x, R, diag_h, g_h, p, p_h, d, Delta, lb, ub, theta)
+        x_new = linalg.make_strictly_feasible(st.x + step_x, lb, ub, 0)
+        f_new = residual(problem, x_new)
+        step_h_norm = jnp.linalg.norm(step_h)
+        new_finite = jnp.all(jnp.isfinite(f_new))
+        cost_new = loss_cost(opts.loss, f_new, problem.f_scale)
+        reduction = cost - cost_new
+        Delta_new, ratio = linalg.update_tr_radius(
+            Delta, reduction, predicted, step_h_norm, step_h_norm > 0.95 * Delta)
+        term = linalg.check_termination(reduction, cost, jnp.linalg.norm(step_x),
+                                        jnp.linalg.norm(st.x), ratio, problem.ftol, problem.xtol)
+        term = jnp.where(new_finite, term, -1)
+        accept = new_finite & (reduction > 0)
+        Delta_next = jnp.where(~new_finite, 0.25 * step_h_norm,
+                               jnp.where(term >= 0, Delta, Delta_new))
+        alpha_next = jnp.where(new_finite & (term < 0), alpha_trial * Delta / Delta_new, alpha_trial)
+        nfev_next = nfev + 1
+        outer_done = accept | (term >= 0) | (nfev_next >= problem.max_nfev)
+
+        running = status == RUNNING
+        keep = lambda trial, here: jnp.where(running, trial, here)
+        return SolverState(
+            x=keep(jnp.where(accept, x_new, st.x), st.x),
+            cost=keep(jnp.where(accept, cost_new, cost), jnp.where(finite, cost, jnp.inf)),
+            Delta=keep(Delta_next, Delta),
+            alpha=keep(alpha_next, alpha),
+            scale_inv=jnp.broadcast_to(scale_inv, (n,)),
+            optimality=g_norm,
+            nfev=keep(nfev_next, nfev),
+            njev=njev,
+            nit=st.nit + (running & outer_done).astype(jnp.int32),
+            status=status,
+            pending=keep(term, st.pending),
+            accepted=running & accept,
+            fresh=jnp.zeros_like(st.fresh),
+        )
+
+    return step
+
+
+def make_advance(model: Callable, jac: Callable | None, opts: Options):
+    """``advance(problem, state, n_steps)``: up to n_steps TRF steps on every running lane of a
+    batch, stopping early once none runs. Lanes that are not running never change."""
+    step = jax.vmap(make_step(model, jac, opts), in_axes=(None, 0))
+
+    def advance(problem: Problem, state: SolverState, n_steps) -> SolverState:
+        def active(st):
+            return st.status == RUNNING
+
+        def body(carry):
+            i, st = carry
+            new = step(problem, st)
+            live = active(st)
+            new = jax.tree.map(
+                lambda a, b: jnp.where(live.reshape(live.shape + (1,) * (a.ndim - 1)), a, b), new, st)
+            return i + 1, new
+
+        def cond(carry):
+            i, st = carry
+            return (i < n_steps) & jnp.any(active(st))
+
+        _, state = lax.while_loop(cond, body, (jnp.asarray(0, jnp.int32), state))
+        return state
+
+    return jax.jit(advance)
