@@ -70,8 +70,16 @@ def _bounds(bounds, n):
     return lo, hi
 
 
+def _positive_int(name, value, allow_none=False):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{name}: must be a positive integer{' or None' if allow_none else ''}, "
+                         f"got {value!r}")
+
+
 def check(model, xdata, ydata, p0, sigma, bounds, workflow, n_starts, sampler, loss, f_scale,
-          x_scale, ftol, xtol, gtol, max_nfev, check_finite, checkpoint_interval):
+          x_scale, ftol, xtol, gtol, max_nfev, check_finite, checkpoint_interval, batch_size=None):
     if not callable(model):
         raise InputError(f"model: must be callable as model(x, *params), got {type(model).__name__}")
     if workflow not in WORKFLOWS:
@@ -185,8 +193,7 @@ def check(model, xdata, ydata, p0, sigma, bounds, workflow, n_starts, sampler, l
         if n_starts not in (None, 1):
             raise InputError(f"n_starts: workflow='local' runs one start (p0), got n_starts={n_starts}")
         n_starts = 1
-    if isinstance(n_starts, bool) or not isinstance(n_starts, (int, np.integer)) or n_starts < 1:
-        raise InputError(f"n_starts: must be a positive integer, got {n_starts!r}")
+    _positive_int("n_starts", n_starts)
 
     if isinstance(x_scale, str):
         if x_scale != "jac":
@@ -205,12 +212,9 @@ def check(model, xdata, ydata, p0, sigma, bounds, workflow, n_starts, sampler, l
             raise InputError(f"{name}: must be a non-negative number, got {tol!r}")
     if max(ftol, xtol, gtol) < np.finfo(float).eps:
         raise InputError(f"ftol, xtol, gtol: at least one must be >= {np.finfo(float).eps:.3g}")
-    if max_nfev is not None and (isinstance(max_nfev, bool) or not isinstance(max_nfev, (int, np.integer))
-                                 or max_nfev < 1):
-        raise InputError(f"max_nfev: must be None or a positive integer, got {max_nfev!r}")
-    if isinstance(checkpoint_interval, bool) or not isinstance(checkpoint_interval, (int, np.integer)) \
-            or checkpoint_interval < 1:
-        raise InputError(f"checkpoint_interval: must be a positive integer, got {checkpoint_interval!r}")
+    _positive_int("max_nfev", max_nfev, allow_none=True)
+    _positive_int("checkpoint_interval", checkpoint_interval)
+    _positive_int("batch_size", batch_size, allow_none=True)
 
     return Checked(xdata, y, y_shape, sig, sigma_kind, lb, ub, p0, n, x_scale_inv, jac_scale,
                    sampler, int(n_starts))

@@ -38,8 +38,8 @@ def make_strictly_feasible(x, lb, ub, rstep):
     else:
         x_new = jnp.where(active == -1, lb + rstep * jnp.maximum(1, jnp.abs(lb)), x)
         x_new = jnp.where(active == 1, ub - rstep * jnp.maximum(1, jnp.abs(ub)), x_new)
-    tight = (x_new < lb) | (x_new > ub)
-    return jnp.where(tight, 0.5 * (lb + ub), x_new)
+    tight = (x_new < lb) | (x_new > ub)   # only possible for finite bounds
+    return jnp.where(tight, 0.5 * jnp.where(tight, lb + ub, 0.0), x_new)
 
 
 def step_size_to_bound(x, s, lb, ub):
