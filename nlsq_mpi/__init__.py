@@ -1,7 +1,11 @@
 """nlsq_mpi: bounded multi-start nonlinear least squares on JAX, over MPI, with checkpoints."""
 import os
 
-import jax
+from .parallel.devices import bind_before_jax
+
+_BINDING = bind_before_jax()
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 if not jax.config.jax_compilation_cache_dir:
@@ -14,7 +18,24 @@ from .api import fit  # noqa: E402
 from .covariance import CovarianceWarning  # noqa: E402
 from .errors import InputError, ModelError, NlsqError  # noqa: E402
 from .result import FitResult, StartsTable  # noqa: E402
+from .parallel.comm import get_comm as _get_comm  # noqa: E402
+
+
+def rank():
+    """This process's MPI rank (0 without MPI)."""
+    return _get_comm().rank
+
+
+def size():
+    """The number of MPI ranks (1 without MPI)."""
+    return _get_comm().size
+
+
+def is_root():
+    """True on rank 0: the rank that prints and writes files."""
+    return _get_comm().rank == 0
+
 
 __all__ = ["fit", "FitResult", "StartsTable", "InputError", "ModelError", "NlsqError",
-           "CovarianceWarning"]
+           "CovarianceWarning", "rank", "size", "is_root"]
 __version__ = "0.1.0"

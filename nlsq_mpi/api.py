@@ -1,5 +1,6 @@
 """fit(): validation, workflow choice, result assembly."""
 import logging
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,8 @@ import numpy as np
 from . import starts as starts_mod
 from .covariance import covariance
 from .errors import ModelError
-from .parallel.driver import run_serial
+from .parallel.comm import SerialComm, get_comm
+from .parallel.driver import run_starts
 from .result import FitResult
 from .solver import MESSAGES, FAILED, Options, Problem, compiled_solver, is_success
 from .solver.linalg import cl_scaling_vector, find_active_constraints
@@ -33,13 +35,19 @@ def default_batch_width(m, n):
 def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(-np.inf, np.inf),
         workflow="local", n_starts=None, sampler="sobol", seed=0, checkpoint_dir=None,
         checkpoint_interval=10, loss="linear", f_scale=1.0, x_scale=1.0, ftol=1e-8, xtol=1e-8,
-        gtol=1e-8, max_nfev=None, check_finite=True, jac=None, batch_size=None):
+        gtol=1e-8, max_nfev=None, check_finite=True, jac=None, batch_size=None, rebalance=True,
+        progress_seconds=5.0):
     """Bounded nonlinear least squares of ``model(xdata, *p)`` to ``ydata``, from one start
     (workflow="local", from p0) or many (workflow="auto_global"/"hpc", inside finite bounds).
 
     The solver is scipy's Trust Region Reflective method (``least_squares(method="trf")``),
     jitted and vmapped over a batch of starts. ``pcov`` is computed as scipy's ``curve_fit``
     does. Returns a FitResult that unpacks as ``popt, pcov``.
+
+    workflow="hpc" spreads the starts over the MPI ranks (each rank keeps ``batch_size``
+    lanes busy, refilled every ``checkpoint_interval`` steps, with pending starts
+    rebalanced across ranks); every rank returns the same result. Rank 0 logs progress at
+    most every ``progress_seconds`` and a summary at the end.
     """
     c = check(model, xdata, ydata, p0, sigma, bounds, workflow, n_starts, sampler, loss, f_scale,
               x_scale, ftol, xtol, gtol, max_nfev, check_finite, checkpoint_interval, batch_size)
@@ -53,9 +61,28 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
     problem = make_problem(c, f_scale, ftol, xtol, gtol, max_nfev)
     width = batch_size or default_batch_width(c.ydata.size, c.n)
 
-    table = run_serial(solver.advance, problem, x0, width, checkpoint_interval,
-                       c.lb, c.ub, c.x_scale_inv)
-    return assemble_result(solver, problem, c, table, workflow, loss, f_scale, xtol, absolute_sigma)
+    comm = get_comm() if workflow == "hpc" else SerialComm()
+    if workflow == "hpc":
+        ensure_log_handler()
+        if checkpoint_dir is not None and comm.rank == 0:
+            log.warning("checkpoint_dir=%r: checkpoints are not written yet in this version; "
+                        "the run will not be resumable", str(checkpoint_dir))
+    table = run_starts(comm, solver.advance, problem, x0, width, checkpoint_interval,
+                       c.lb, c.ub, c.x_scale_inv, rebalance=rebalance,
+                       progress_seconds=progress_seconds if workflow == "hpc" else float("inf"))
+    result = assemble_result(solver, problem, c, table, workflow, loss, f_scale, xtol, absolute_sigma)
+    if workflow == "hpc" and comm.rank == 0:
+        log.info("%s", result.summary())
+    return result
+
+
+def ensure_log_handler():
+    """Progress goes to stdout on rank 0 unless the application configured logging itself."""
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[nlsq_mpi] %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
 
 
 def make_problem(c, f_scale, ftol, xtol, gtol, max_nfev):

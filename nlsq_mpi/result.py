@@ -77,8 +77,12 @@ class FitResult:
         return "\n".join(lines)
 
     def save(self, path):
-        """Write the result to ``path`` (.npz or .h5) atomically: temporary file, then rename."""
+        """Write the result to ``path`` (.npz or .h5) atomically (temporary file, then rename),
+        once: from rank 0 only when running under MPI. Returns the path."""
+        from .parallel.comm import get_comm
         path = Path(path)
+        if get_comm().rank != 0:
+            return path
         arrays = {"popt": self.popt, "pcov": self.pcov, "perr": self.perr,
                   "active_mask": self.active_mask, "fun": self.fun,
                   **{f"starts_{k}": v for k, v in self.starts.as_dict().items()}}

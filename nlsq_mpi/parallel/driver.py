@@ -30,7 +30,8 @@ class Batch:
 
 
 def fill_lanes(batch, pending, x0_table, lb, ub, x_scale_inv):
-    """Put pending start indices (taken from the front, in order) into the empty lanes."""
+    """Put pending start indices (taken from the front, in order) into the empty lanes;
+    returns (batch, what is left of pending)."""
     free = np.flatnonzero(batch.start_of_lane < 0)
     take = min(len(free), len(pending))
     if take == 0:
@@ -49,48 +50,74 @@ def _scatter(a, idx, values):
     return a
 
 
-def harvest(batch, table):
-    """Move finished lanes into the table; returns the batch with those lanes emptied."""
+def harvest(batch):
+    """Take the finished lanes out of the batch; returns (batch, rows) where rows holds the
+    finished starts' results as plain arrays (what ranks exchange)."""
     status = batch.state.status
     done = (batch.start_of_lane >= 0) & (status != RUNNING)
-    if not done.any():
-        return batch, 0
-    lanes, starts = np.flatnonzero(done), batch.start_of_lane[done]
+    lanes = np.flatnonzero(done)
     st = batch.state
-    table.x[starts] = st.x[lanes]
-    table.cost[starts] = st.cost[lanes]
-    table.status[starts] = st.status[lanes]
-    table.nit[starts] = st.nit[lanes]
-    table.nfev[starts] = st.nfev[lanes]
-    new_status = status.copy()
-    new_status[lanes] = EMPTY
-    start_of_lane = batch.start_of_lane.copy()
-    start_of_lane[lanes] = -1
-    return Batch(st._replace(status=new_status), start_of_lane), len(lanes)
+    rows = {"start": batch.start_of_lane[lanes], "x": st.x[lanes], "cost": st.cost[lanes],
+            "status": st.status[lanes], "nit": st.nit[lanes], "nfev": st.nfev[lanes]}
+    if lanes.size:
+        new_status = status.copy()
+        new_status[lanes] = EMPTY
+        start_of_lane = batch.start_of_lane.copy()
+        start_of_lane[lanes] = -1
+        batch = Batch(st._replace(status=new_status), start_of_lane)
+    return batch, rows
 
 
-def run_serial(advance, problem, x0, batch_width, interval, lb, ub, x_scale_inv,
-               progress_every=30.0):
-    """All starts x0 (n_starts, n) in this process. Returns the per-start table."""
+def apply_rows(table, rows):
+    """Write finished rows into the table; returns how many."""
+    idx = rows["start"]
+    for key in ("x", "cost", "status", "nit", "nfev"):
+        getattr(table, key)[idx] = rows[key]
+    return len(idx)
+
+
+def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scale_inv,
+               rebalance=True, progress_seconds=5.0):
+    """All starts x0 (n_starts, n) over the ranks of ``comm``; returns the per-start table,
+    identical on every rank.
+
+    One collective per interval: every rank contributes the rows it finished, its free lanes,
+    and its remaining queue. With ``rebalance`` the pending starts form one replicated queue,
+    cut in rank order by free lanes, so no rank idles while starts are pending; without it,
+    start i belongs to rank i % size.
+    """
     n_starts, n_params = x0.shape
     table = StartsTable.empty(n_starts, n_params)
     table.x0[:] = x0
     batch = Batch.empty(batch_width, n_params)
-    pending = list(range(n_starts))
-    done, t0, last_log = 0, time.perf_counter(), time.perf_counter()
+    shared_queue = list(range(n_starts)) if rebalance else []
+    own_queue = [] if rebalance else list(range(comm.rank, n_starts, comm.size))
+    frees = [batch_width] * comm.size
+    done, t0, last_log = 0, time.perf_counter(), -float("inf")
     while True:
-        batch, pending = fill_lanes(batch, pending, table.x0, lb, ub, x_scale_inv)
-        if not (batch.start_of_lane >= 0).any():
-            break
-        state = advance(problem, batch.state, interval)
-        batch = Batch(jax.tree.map(np.asarray, state), batch.start_of_lane)
-        batch, finished = harvest(batch, table)
-        done += finished
+        if rebalance:
+            offset = sum(frees[:comm.rank])
+            mine = shared_queue[offset:offset + frees[comm.rank]]
+            shared_queue = shared_queue[sum(frees):]
+            batch, _ = fill_lanes(batch, mine, table.x0, lb, ub, x_scale_inv)
+        else:
+            batch, own_queue = fill_lanes(batch, own_queue, table.x0, lb, ub, x_scale_inv)
+        if (batch.start_of_lane >= 0).any():
+            state = advance(problem, batch.state, interval)
+            batch = Batch(jax.tree.map(np.asarray, state), batch.start_of_lane)
+        batch, rows = harvest(batch)
+        active = int((batch.start_of_lane >= 0).sum())
+        gathered = comm.allgather((rows, int((batch.start_of_lane < 0).sum()), active, len(own_queue)))
+        for rows_r, _, _, _ in gathered:
+            done += apply_rows(table, rows_r)
+        frees = [g[1] for g in gathered]
+        remaining = sum(g[2] + g[3] for g in gathered) + len(shared_queue)
         now = time.perf_counter()
-        if now - last_log >= progress_every:
+        if comm.rank == 0 and (now - last_log >= progress_seconds or remaining == 0):
             last_log = now
             log.info(progress_line(done, n_starts, table, now - t0))
-    return table
+        if remaining == 0:
+            return table
 
 
 def progress_line(done, total, table, elapsed):

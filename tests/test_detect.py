@@ -1,0 +1,64 @@
+"""Scheduler and launcher detection from environment layouts."""
+import pytest
+
+from nlsq_mpi.parallel.comm import launched_by_mpi
+from nlsq_mpi.parallel.detect import from_environment
+from nlsq_mpi.parallel.devices import bind_before_jax
+
+SLURM = {"SLURM_JOB_ID": "4242", "SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8",
+         "SLURM_JOB_NUM_NODES": "2", "SLURM_STEP_ID": "0", "SLURM_JOB_END_TIME": "1890000000",
+         "SLURM_NTASKS_PER_NODE": "4", "PMI_RANK": "5", "PMI_SIZE": "8"}
+PBS = {"PBS_JOBID": "77.server", "PBS_O_WORKDIR": "/home/u", "OMPI_COMM_WORLD_RANK": "3",
+       "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+       "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}
+MPICH = {"PMI_RANK": "2", "PMI_SIZE": "6", "MPI_LOCALRANKID": "0", "MPI_LOCALNRANKS": "3"}
+
+
+def test_slurm_layout():
+    info = from_environment(SLURM)
+    assert (info.scheduler, info.job_id, info.nodes, info.job_end_time) == ("slurm", "4242", 2, 1.89e9)
+    assert (info.rank, info.size, info.local_rank) == (5, 8, 1)
+    assert launched_by_mpi(SLURM)
+
+
+def test_slurm_srun_without_pmi():
+    env = {k: v for k, v in SLURM.items() if not k.startswith("PMI")}
+    info = from_environment(env)
+    assert (info.launcher, info.rank, info.size, info.local_rank, info.local_size) == ("slurm", 5, 8, 1, 4)
+
+
+def test_pbs_with_open_mpi(tmp_path):
+    nodefile = tmp_path / "nodes"
+    nodefile.write_text("n1\nn1\nn2\nn2\n")
+    info = from_environment({**PBS, "PBS_NODEFILE": str(nodefile)})
+    assert (info.scheduler, info.job_id, info.nodes, info.launcher) == ("pbs", "77.server", 2, "openmpi")
+    assert (info.rank, info.size, info.local_rank, info.local_size) == (3, 4, 1, 2)
+
+
+def test_mpich_layout():
+    info = from_environment(MPICH)
+    assert (info.scheduler, info.launcher, info.rank, info.size, info.local_rank, info.local_size) == \
+        ("none", "mpich", 2, 6, 0, 3)
+
+
+def test_no_launcher():
+    info = from_environment({})
+    assert (info.scheduler, info.launcher, info.rank, info.size) == ("none", "none", 0, 1)
+    assert not launched_by_mpi({})
+
+
+@pytest.mark.parametrize("local_rank, visible, expect", [
+    ("0", "0,1,2,3", "0"), ("3", "0,1,2,3", "3"), ("5", "4,5", "5"), ("2", "7", "7")])
+def test_gpu_binding_honours_scheduler_list(local_rank, visible, expect):
+    env = {"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": local_rank,
+           "OMPI_COMM_WORLD_LOCAL_RANK": local_rank, "OMPI_COMM_WORLD_LOCAL_SIZE": "4",
+           "CUDA_VISIBLE_DEVICES": visible}
+    bind_before_jax(env)
+    assert env["CUDA_VISIBLE_DEVICES"] == expect
+
+
+def test_cpu_ranks_share_the_cores():
+    env = {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+           "OMPI_COMM_WORLD_LOCAL_SIZE": "64", "CUDA_VISIBLE_DEVICES": ""}
+    line = bind_before_jax(env)
+    assert "1 thread" in line and "--xla_cpu_multi_thread_eigen=false" in env["XLA_FLAGS"]

@@ -1,0 +1,89 @@
+"""workflow="hpc" end to end: same answer for any rank count, the runner, failures."""
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from mpi_helpers import JOBS, ROOT, mpirun, run
+
+
+def _load(path):
+    with np.load(path) as d:
+        return {k: d[k] for k in d.files}
+
+
+@pytest.mark.slow
+def test_same_result_with_1_2_and_4_ranks(tmp_path):
+    results = {}
+    for n in (1, 2, 4):
+        out = tmp_path / f"r{n}.npz"
+        p = mpirun(n, "-m", "nlsq_mpi", str(JOBS / "seed_job.py"), str(out), "40", timeout=400)
+        assert p.returncode == 0, p.stderr[-3000:]
+        results[n] = _load(out)
+    ref = results[1]
+    for n in (2, 4):
+        r = results[n]
+        assert int(r["best_start"]) == int(ref["best_start"])
+        np.testing.assert_array_equal(r["popt"], ref["popt"])
+        for key in ("starts_x", "starts_cost", "starts_status", "starts_nit", "starts_nfev", "starts_x0"):
+            np.testing.assert_array_equal(r[key], ref[key], err_msg=f"{key} with {n} ranks")
+
+
+def _summary_numbers(text):
+    block = text[text.index("nlsq_mpi hpc: best of"):]
+    return re.findall(r"p\[\d\] = (\S+)", block), text.count("nlsq_mpi hpc: best of")
+
+
+@pytest.mark.slow
+def test_design_job_three_ways(tmp_path):
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_demo_data.py"), "--points", "300"],
+                   cwd=tmp_path, check=True, timeout=60, capture_output=True)
+    job = ROOT / "examples" / "job.py"
+    outputs = []
+    for cmd in ([sys.executable, str(job)], [sys.executable, "-m", "nlsq_mpi", str(job)],
+                ["mpirun", "-n", "2", sys.executable, "-m", "nlsq_mpi", str(job)]):
+        p = run(cmd, cwd=tmp_path, timeout=400)
+        assert p.returncode == 0, p.stderr[-3000:]
+        numbers, count = _summary_numbers(p.stdout + p.stderr)
+        assert count == 1, f"summary printed {count} times by {cmd}"
+        outputs.append(numbers)
+    assert outputs[0] == outputs[1] == outputs[2] and len(outputs[0]) == 5
+
+
+def test_exception_on_one_rank_aborts_the_job_quickly():
+    t0 = time.monotonic()
+    p = mpirun(2, "-m", "nlsq_mpi", str(JOBS / "raise_on_rank1.py"), timeout=60)
+    elapsed = time.monotonic() - t0
+    assert p.returncode != 0
+    assert "deliberate failure on rank 1" in p.stderr and "Traceback" in p.stderr
+    assert elapsed < 30, f"took {elapsed:.1f} s"
+
+
+def test_runner_passes_argv_and_exit_status(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text("import sys\nprint('ARGS', sys.argv)\nsys.exit(int(sys.argv[1]))\n")
+    p = run([sys.executable, "-m", "nlsq_mpi", str(script), "3", "x"], timeout=120)
+    assert p.returncode == 3
+    assert f"ARGS ['{script}', '3', 'x']" in p.stdout
+
+
+def test_only_rank_0_prints_by_default(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text("import nlsq_mpi\nprint('HELLO from', nlsq_mpi.rank())\n")
+    quiet = mpirun(2, "-m", "nlsq_mpi", str(script), timeout=120)
+    loud = mpirun(2, "-m", "nlsq_mpi", "--all-ranks", str(script), timeout=120)
+    assert quiet.stdout.count("HELLO") == 1 and "HELLO from 0" in quiet.stdout
+    assert loud.stdout.count("HELLO") == 2
+
+
+def test_help_and_detect():
+    h = run([sys.executable, "-m", "nlsq_mpi", "--help"], timeout=120)
+    assert h.returncode == 0 and "detect" in h.stdout and "--all-ranks" in h.stdout
+    d = mpirun(2, "-m", "nlsq_mpi", "detect", timeout=120)
+    assert d.returncode == 0
+    assert re.search(r"launcher\s+openmpi", d.stdout) and re.search(r"size\s+2", d.stdout)
+    assert re.search(r"local_size\s+2", d.stdout) and d.stdout.count("launcher") == 1
