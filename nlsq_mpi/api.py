@@ -13,8 +13,6 @@ from .parallel.comm import SerialComm, get_comm
 from .parallel.driver import run_starts
 from .result import FitResult
 from .solver import MESSAGES, FAILED, Options, Problem, compiled_solver, is_success
-from .solver.linalg import cl_scaling_vector, find_active_constraints
-from .solver.losses import loss_cost, scale_for_loss
 from .validation import check, check_model_output
 
 log = logging.getLogger("nlsq_mpi")
@@ -70,7 +68,7 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
     table = run_starts(comm, solver.advance, problem, x0, width, checkpoint_interval,
                        c.lb, c.ub, c.x_scale_inv, rebalance=rebalance,
                        progress_seconds=progress_seconds if workflow == "hpc" else float("inf"))
-    result = assemble_result(solver, problem, c, table, workflow, loss, f_scale, xtol, absolute_sigma)
+    result = assemble_result(solver, problem, table, workflow, absolute_sigma)
     if workflow == "hpc" and comm.rank == 0:
         log.info("%s", result.summary())
     return result
@@ -94,27 +92,22 @@ def make_problem(c, f_scale, ftol, xtol, gtol, max_nfev):
                    max_nfev=jnp.asarray(int(max_nfev or 100 * c.n), jnp.int32))
 
 
-def assemble_result(solver, problem, c, table, workflow, loss, f_scale, xtol, absolute_sigma,
-                    resumed_from=None):
+def assemble_result(solver, problem, table, workflow, absolute_sigma, resumed_from=None):
     best = table.best()
     if best is None:
         raise ModelError(f"model: all {len(table.cost)} starts failed: residuals or Jacobian are "
                          "not finite at every start point")
     popt = table.x[best].copy()
-    f, Jt = solver.residual_and_jacobian_t(problem, jnp.asarray(popt))
-    fs, Jts = scale_for_loss(loss, f, Jt, f_scale)
-    g = Jts @ fs
-    v, _ = cl_scaling_vector(jnp.asarray(popt), g, problem.lb, problem.ub)
-    f, Js = np.asarray(f), np.asarray(Jts).T
-    cost = float(loss_cost(loss, jnp.asarray(f), f_scale))
+    final = jax.tree.map(np.asarray, solver.finalize(problem, popt))
+    f, cost = final.fun, float(final.cost)
     m, n = f.size, popt.size
-    pcov, perr = covariance(Js, cost, m, n, absolute_sigma)
+    pcov, perr = covariance(final.jac, cost, m, n, absolute_sigma)
     status = int(table.status[best])
     return FitResult(
         popt=popt, pcov=pcov, perr=perr, cost=cost, chi2=float(f @ f), dof=m - n,
         success=bool(is_success(status)), status=status, message=MESSAGES[status],
         nfev=int(table.nfev[best]), nit=int(table.nit[best]),
-        optimality=float(jnp.max(jnp.abs(g * v))),
-        active_mask=np.asarray(find_active_constraints(jnp.asarray(popt), problem.lb, problem.ub, xtol)),
+        optimality=float(final.optimality),
+        active_mask=final.active_mask,
         best_start=best, n_starts=len(table.cost), starts=table, fun=f, workflow=workflow,
         resumed_from=resumed_from)

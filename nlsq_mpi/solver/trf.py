@@ -17,6 +17,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from . import linalg
@@ -64,9 +65,12 @@ class SolverState(NamedTuple):
     fresh: jax.Array       # not stepped yet: cost, Delta and scale_inv still to initialise
 
 
+@jax.jit
 def init_state(x0, lb, ub, x_scale_inv):
     """States for a batch of start points x0 (k, n); x0 is moved strictly inside the bounds
-    as scipy does. No model evaluation happens here: the first step does it."""
+    as scipy does. No model evaluation happens here: the first step does it. Jitted, so a
+    fresh process loads it from the persistent compilation cache instead of compiling
+    each operation eagerly."""
     x0 = jnp.asarray(x0, jnp.float64)
     k, n = x0.shape
     x = jax.vmap(lambda x: linalg.make_strictly_feasible(x, lb, ub, 1e-10))(x0)
@@ -81,9 +85,13 @@ def init_state(x0, lb, ub, x_scale_inv):
 
 
 def empty_state(k, n):
-    """A batch of k lanes holding no start (status EMPTY: never stepped)."""
-    st = init_state(jnp.zeros((k, n)), jnp.full(n, -jnp.inf), jnp.full(n, jnp.inf), jnp.ones(n))
-    return st._replace(status=jnp.full(k, EMPTY, jnp.int32), fresh=jnp.zeros(k, bool))
+    """A batch of k lanes holding no start (status EMPTY: never stepped), as host arrays."""
+    zeros, izeros = np.zeros(k), np.zeros(k, np.int32)
+    return SolverState(x=np.zeros((k, n)), cost=zeros, Delta=zeros, alpha=zeros,
+                       scale_inv=np.ones((k, n)), optimality=zeros, nfev=izeros, njev=izeros,
+                       nit=izeros, status=np.full(k, EMPTY, np.int32),
+                       pending=np.full(k, -1, np.int32), accepted=np.zeros(k, bool),
+                       fresh=np.zeros(k, bool))
 
 
 def make_residual_fns(model: Callable, jac: Callable | None, opts: Options):
