@@ -33,7 +33,7 @@ if __name__ == "__main__":
     rebalance = "--no-rebalance" not in sys.argv
     x, y, s = data()
     common = dict(sigma=s, bounds=BOUNDS, workflow="hpc", progress_seconds=1e9, rebalance=rebalance)
-    fit(model, x, y, sampler=starts[:8], **common)            # compile
+    fit(model, x, y, sampler=starts[:64], **common)   # compile on every rank (16 lanes each)
     get_comm().barrier()
     t0 = time.perf_counter()
     r = fit(model, x, y, sampler=starts, **common)

@@ -37,7 +37,10 @@ def fill_lanes(batch, pending, x0_table, lb, ub, x_scale_inv):
     if take == 0:
         return batch, pending
     lanes, starts = free[:take], np.asarray(pending[:take], np.int64)
-    fresh = jax.tree.map(np.asarray, init_state(x0_table[starts], lb, ub, x_scale_inv))
+    # Initialise a full-width block so init_state compiles once, whatever the count.
+    x0_block = np.zeros_like(batch.state.x)
+    x0_block[:take] = x0_table[starts]
+    fresh = jax.tree.map(lambda a: np.asarray(a)[:take], init_state(x0_block, lb, ub, x_scale_inv))
     state = jax.tree.map(lambda a, b: _scatter(a, lanes, b), batch.state, fresh)
     start_of_lane = batch.start_of_lane.copy()
     start_of_lane[lanes] = starts
