@@ -21,7 +21,8 @@ if [ "$(id -u)" = 0 ] && command -v dpkg-query >/dev/null && command -v apt-get 
   for p in openmpi-bin libopenmpi-dev libhdf5-openmpi-dev pkg-config; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need_pkgs+=("$p")
   done
-  if [ ${#need_pkgs[@]} -gt 0 ] && ! command -v "${MPICC:-mpicc}" >/dev/null; then
+  # A module environment (HDF5_DIR or MPICC given) brings its own MPI and HDF5.
+  if [ ${#need_pkgs[@]} -gt 0 ] && [ -z "${HDF5_DIR:-}" ] && [ -z "${MPICC:-}" ]; then
     say "installing system packages: ${need_pkgs[*]}"
     apt-get update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_pkgs[@]}" >/dev/null
