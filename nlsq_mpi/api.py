@@ -12,7 +12,7 @@ from .errors import ModelError
 from .parallel.comm import SerialComm, get_comm
 from .parallel.driver import run_starts
 from .result import FitResult
-from .solver import MESSAGES, FAILED, Options, Problem, compiled_solver, is_success
+from .solver import MESSAGES, Options, Problem, compiled_solver, is_success
 from .validation import check, check_model_output
 
 log = logging.getLogger("nlsq_mpi")

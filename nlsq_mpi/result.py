@@ -1,9 +1,11 @@
 """FitResult: what fit() returns, identical on every rank."""
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+from .solver.status import EMPTY, FAILED
 
 
 @dataclass
@@ -19,7 +21,7 @@ class StartsTable:
     @classmethod
     def empty(cls, n_starts, n):
         return cls(x0=np.full((n_starts, n), np.nan), x=np.full((n_starts, n), np.nan),
-                   cost=np.full(n_starts, np.inf), status=np.full(n_starts, -5, np.int32),
+                   cost=np.full(n_starts, np.inf), status=np.full(n_starts, EMPTY, np.int32),
                    nit=np.zeros(n_starts, np.int32), nfev=np.zeros(n_starts, np.int32))
 
     def best(self):
@@ -55,7 +57,6 @@ class FitResult:
     fun: np.ndarray         # whitened residuals at popt
     workflow: str = "local"
     resumed_from: Optional[str] = None
-    extra: dict = field(default_factory=dict)
 
     def __iter__(self):
         yield self.popt
@@ -73,7 +74,7 @@ class FitResult:
             lines.append(f"  p[{i}] = {p:.10g} +/- {e:.3g}")
         done = int(np.sum(self.starts.status >= 0))
         lines.append(f"  starts converged {int(np.sum(self.starts.status > 0))}/{self.n_starts}, "
-                     f"finished {done}, failed {int(np.sum(self.starts.status == -4))}")
+                     f"finished {done}, failed {int(np.sum(self.starts.status == FAILED))}")
         return "\n".join(lines)
 
     def save(self, path):

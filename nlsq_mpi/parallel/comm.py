@@ -20,9 +20,6 @@ class SerialComm:
     def allgather(self, obj):
         return [obj]
 
-    def allreduce_max(self, value):
-        return value
-
     def bcast(self, obj, root=0):
         return obj
 
@@ -49,9 +46,6 @@ class MPIComm:
 
     def allgather(self, obj):
         return self.comm.allgather(obj)
-
-    def allreduce_max(self, value):
-        return self.comm.allreduce(value, op=self.MPI.MAX)
 
     def bcast(self, obj, root=0):
         return self.comm.bcast(obj, root=root)

@@ -26,7 +26,7 @@ class Batch:
 
     @classmethod
     def empty(cls, width, n):
-        return cls(jax.tree.map(np.asarray, empty_state(width, n)), np.full(width, -1, np.int64))
+        return cls(empty_state(width, n), np.full(width, -1, np.int64))
 
 
 def fill_lanes(batch, pending, x0_table, lb, ub, x_scale_inv):
