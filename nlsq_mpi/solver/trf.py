@@ -10,7 +10,7 @@ and Jacobian at ``x`` are recomputed at the start of each step from ``x`` alone,
 compiled code, so a state reloaded from a checkpoint continues bit for bit.
 
 The subproblem uses the SVD of the augmented, scaled Jacobian like scipy, computed as the
-QR factor R of [J_h f; diag(diag_h)^1/2 0] followed by the SVD of the n-by-n R, which gives
+Householder QR factor R of [J_h f; diag(diag_h)^1/2 0] followed by the SVD of the n-by-n R, which gives
 the same singular values and U^T f in O(m n^2) without forming U.
 """
 from typing import Any, Callable, NamedTuple
