@@ -20,14 +20,19 @@ log = logging.getLogger("nlsq_mpi")
 
 def default_batch_width(m, n):
     """Lanes per jitted call, fixed for a problem whatever n_starts: XLA's code, and so the
-    last bits of each start's result, depend on the batch width (measured: up to 1e-6
-    relative in x between widths 2 and 16), never on which starts share the batch or which
-    lane holds them. On CPU the cost per lane is flat beyond a few lanes, and a narrow
-    batch wastes less on the tail of slow starts; an accelerator needs wide batches. Bounded by
-    ~256 MB of Jacobians."""
-    by_memory = max(1, int(256e6 // (8 * (m + n) * (n + 2) * 3)))
-    lanes = 16 if jax.default_backend() == "cpu" else 1024
-    return int(max(2, min(lanes, by_memory)))
+    last bits of each start's result, depend on the batch width, never on which starts
+    share the batch or which lane holds them.
+
+    On CPU a lane costs the same at any width, so wider batches only amortise the fixed cost
+    of a step and waste work on lanes that finished early: about 2e5 Jacobian entries per
+    call (16 lanes at m=2,000, n=5; one lane at m=100,000), a power of two up to 16. An
+    accelerator needs wide batches: up to 1024 lanes within ~256 MB of Jacobians."""
+    per_lane = (m + n) * (n + 1)
+    if jax.default_backend() == "cpu":
+        lanes = 2 ** int(np.clip(np.floor(np.log2(2e5 / per_lane)), 0, 4))
+    else:
+        lanes = int(np.clip(256e6 // (8 * 3 * per_lane), 1, 1024))
+    return int(lanes)
 
 
 def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(-np.inf, np.inf),

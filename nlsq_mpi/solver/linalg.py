@@ -142,7 +142,8 @@ def solve_lsq_trust_region(m_rows, uf, s, V, Delta, initial_alpha, rtol=0.01, ma
         return (keep(alpha_n, alpha), keep(lo_n, lo), keep(up_n, up),
                 done | (jnp.abs(phi) < rtol * Delta))
 
-    alpha, _, _, _ = lax.fori_loop(0, max_iter, body, (alpha, alpha_lower, alpha_upper, False))
+    alpha, _, _, _ = lax.fori_loop(0, max_iter, body, (alpha, alpha_lower, alpha_upper, False),
+                                   unroll=True)
     p = -V @ (suf / (s**2 + alpha))
     p = p * (Delta / jnp.linalg.norm(p))
     return jnp.where(gauss_newton_ok, p_gn, p), jnp.where(gauss_newton_ok, 0.0, alpha)
