@@ -2,11 +2,14 @@
 
   python -m nlsq_mpi JOB.py [ARGS...]     run JOB.py as __main__ (sys.argv = [JOB.py, ARGS...])
   python -m nlsq_mpi detect               print the detected scheduler, launcher, ranks, GPUs
+  python -m nlsq_mpi inspect DIR          summarise the checkpoints in DIR
   mpirun -n 8 python -m nlsq_mpi JOB.py   the same on 8 ranks (srun and PBS mpiexec alike)
 
 Each rank binds to one local GPU (or a share of the CPU cores) before the script starts.
 An uncaught exception on any rank prints its traceback and aborts the whole job at once
-(MPI_Abort), with exit status 1; a script's own sys.exit(code) keeps its code. Ranks other
+(MPI_Abort), with exit status 1; a script's own sys.exit(code) keeps its code. A fit stopped
+by SIGTERM/SIGUSR1 or its walltime exits with status 75 on every rank after writing its
+checkpoint: requeue the job and it resumes. Ranks other
 than 0 have their stdout silenced unless --all-ranks is given or NLSQ_MPI_ALL_RANKS=1.
 """
 import argparse
@@ -19,6 +22,7 @@ import traceback
 def _run_job(script, args, all_ranks):
     from . import rank
     from .parallel.comm import get_comm
+    from .parallel.driver import EXIT_PREEMPTED
     comm = get_comm()
     quiet = comm.rank != 0 and not (all_ranks or os.environ.get("NLSQ_MPI_ALL_RANKS") == "1")
     if quiet:
@@ -29,7 +33,8 @@ def _run_job(script, args, all_ranks):
         runpy.run_path(script, run_name="__main__")
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if code != 0 and comm.size > 1:
+        # A preempted fit stops on every rank together: no abort, the status carries through.
+        if code not in (0, EXIT_PREEMPTED) and comm.size > 1:
             comm.abort(code)
         return code
     except BaseException:
@@ -42,6 +47,36 @@ def _run_job(script, args, all_ranks):
     return 0
 
 
+def inspect_dir(directory):
+    """Print each generation in DIR with its validity, progress, best fit and age."""
+    import time
+
+    import numpy as np
+
+    from .checkpoint import CheckpointCorrupt, generations, read_generation
+    paths = generations(directory)
+    if not paths:
+        print(f"{directory}: no checkpoint generations")
+        return 1
+    for path in paths:
+        try:
+            snap, attrs = read_generation(path)
+        except CheckpointCorrupt as exc:
+            print(f"{path}: INVALID ({exc})")
+            continue
+        t = snap.table
+        done = int(np.sum(t["status"] != -5))
+        ok = (t["status"] >= 0) & np.isfinite(t["cost"])
+        print(f"{path}: valid, round {snap.round}, {snap.steps} steps, written by {snap.ranks} "
+              f"rank(s), {time.time() - snap.created:.0f} s ago")
+        print(f"  starts done {done}/{len(t['cost'])}, in flight {len(snap.states['start'])}")
+        if ok.any():
+            b = int(np.flatnonzero(ok)[np.argmin(t["cost"][ok])])
+            print(f"  best cost {t['cost'][b]:.10g} (start {b}), parameters "
+                  + " ".join(f"{v:.10g}" for v in t["x"][b]))
+    return 0
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
@@ -49,7 +84,7 @@ def main(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--all-ranks", action="store_true",
                         help="keep stdout of every rank (default: rank 0 only)")
-    parser.add_argument("target", help="JOB.py to run, or 'detect'")
+    parser.add_argument("target", help="JOB.py to run, 'detect', or 'inspect'")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to JOB.py")
     if not argv:
         parser.print_help()
@@ -64,6 +99,10 @@ def main(argv=None):
             print(info)
             print(f"{'binding':<13}  {_BINDING}")
         return 0
+    if ns.target == "inspect":
+        if len(ns.args) != 1:
+            parser.error("inspect takes one argument: the checkpoint directory")
+        return inspect_dir(ns.args[0])
     if not os.path.isfile(ns.target):
         parser.error(f"no such job script: {ns.target}")
     return _run_job(ns.target, ns.args, ns.all_ranks)

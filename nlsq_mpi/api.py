@@ -1,6 +1,10 @@
 """fit(): validation, workflow choice, result assembly."""
+import contextlib
+import inspect
 import logging
 import sys
+import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -10,9 +14,11 @@ from . import starts as starts_mod
 from .covariance import covariance
 from .errors import ModelError
 from .parallel.comm import SerialComm, get_comm
-from .parallel.driver import run_starts
-from .result import FitResult
-from .solver import MESSAGES, Options, Problem, compiled_solver, is_success
+from .checkpoint import STATE_FIELDS, Checkpointer, Snapshot, fingerprint_parts
+from .parallel.driver import Resume, run_starts
+from .preemption import StopControl
+from .result import FitResult, StartsTable
+from .solver import EMPTY, MESSAGES, Options, Problem, compiled_solver, is_success
 from .validation import check, check_model_output
 
 log = logging.getLogger("nlsq_mpi")
@@ -39,7 +45,8 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
         workflow="local", n_starts=None, sampler="sobol", seed=0, checkpoint_dir=None,
         checkpoint_interval=10, loss="linear", f_scale=1.0, x_scale=1.0, ftol=1e-8, xtol=1e-8,
         gtol=1e-8, max_nfev=None, check_finite=True, jac=None, batch_size=None, rebalance=True,
-        progress_seconds=5.0):
+        progress_seconds=5.0, resume=True, keep_checkpoints=True, walltime=None,
+        checkpoint_seconds=None):
     """Bounded nonlinear least squares of ``model(xdata, *p)`` to ``ydata``, from one start
     (workflow="local", from p0) or many (workflow="auto_global"/"hpc", inside finite bounds).
 
@@ -50,7 +57,12 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
     workflow="hpc" spreads the starts over the MPI ranks (each rank keeps ``batch_size``
     lanes busy, refilled every ``checkpoint_interval`` steps, with pending starts
     rebalanced across ranks); every rank returns the same result. Rank 0 logs progress at
-    most every ``progress_seconds`` and a summary at the end.
+    most every ``progress_seconds`` and a summary at the end. With ``checkpoint_dir`` it
+    writes a checkpoint every interval (and every ``checkpoint_seconds`` if given, checked at
+    interval ends), resumes from the newest valid one unless ``resume=False``, stops cleanly
+    on SIGTERM/SIGUSR1 or before ``walltime`` (seconds or "HH:MM:SS"; SLURM_JOB_END_TIME
+    too) with exit status 75, and stores the final result as checkpoint_dir/result.h5;
+    ``keep_checkpoints=False`` then removes the generations.
     """
     c = check(model, xdata, ydata, p0, sigma, bounds, workflow, n_starts, sampler, loss, f_scale,
               x_scale, ftol, xtol, gtol, max_nfev, check_finite, checkpoint_interval, batch_size)
@@ -65,18 +77,94 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
     width = batch_size or default_batch_width(c.ydata.size, c.n)
 
     comm = get_comm() if workflow == "hpc" else SerialComm()
+    ckpt = resume_from = None
     if workflow == "hpc":
         ensure_log_handler()
-        if checkpoint_dir is not None and comm.rank == 0:
-            log.warning("checkpoint_dir=%r: checkpoints are not written yet in this version; "
-                        "the run will not be resumable", str(checkpoint_dir))
-    table = run_starts(comm, solver.advance, problem, x0, width, checkpoint_interval,
-                       c.lb, c.ub, c.x_scale_inv, rebalance=rebalance,
-                       progress_seconds=progress_seconds if workflow == "hpc" else float("inf"))
-    result = assemble_result(solver, problem, table, workflow, absolute_sigma)
+    if workflow == "hpc" and checkpoint_dir is not None:
+        parts = problem_fingerprint(model, jac, c, x0, loss, f_scale, x_scale, ftol, xtol, gtol,
+                                    max_nfev, seed)
+        ckpt = Checkpointer(comm, checkpoint_dir, parts, log)
+        snap = ckpt.load_latest() if resume else None
+        if snap is None and not resume:
+            ckpt.clear()
+        if snap is not None:
+            resume_from = snap.path
+            width = batch_size or snap.lane_width
+            if comm.rank == 0:
+                log.info("resuming from %s (round %d, %d/%d starts done, written by %d ranks)",
+                         snap.path, snap.round, int(np.sum(snap.table["status"] != EMPTY)),
+                         len(snap.table["cost"]), snap.ranks)
+    stop = StopControl(walltime) if workflow == "hpc" else None
+    with stop or contextlib.nullcontext():
+        table = run_starts(
+            comm, solver.advance, problem, x0, width, checkpoint_interval, c.lb, c.ub,
+            c.x_scale_inv, rebalance=rebalance,
+            progress_seconds=progress_seconds if workflow == "hpc" else float("inf"),
+            checkpoint=(checkpoint_writer(ckpt, comm, width, checkpoint_seconds, stop)
+                        if ckpt else None),
+            resume=snapshot_resume(snap) if resume_from else None,
+            stop=stop)
+    result = assemble_result(solver, problem, table, workflow, absolute_sigma, resume_from)
+    if ckpt is not None:
+        result.save(Path(checkpoint_dir) / "result.h5")
+        if not keep_checkpoints:
+            ckpt.clear()
     if workflow == "hpc" and comm.rank == 0:
         log.info("%s", result.summary())
     return result
+
+
+def problem_fingerprint(model, jac, c, x0, loss, f_scale, x_scale, ftol, xtol, gtol, max_nfev, seed):
+    """The parts of a problem a checkpoint must agree with, each hashed separately."""
+    def source(fn):
+        if fn is None:
+            return "none"
+        try:
+            return inspect.getsource(fn)
+        except (OSError, TypeError):
+            return getattr(fn, "__qualname__", repr(fn))
+    try:
+        xdata = np.asarray(c.xdata, dtype=float)
+    except (TypeError, ValueError):
+        xdata = repr(c.xdata)
+    return fingerprint_parts(model=source(model), jac=source(jac), xdata=xdata, ydata=c.ydata,
+                             sigma=c.sigma, bounds=(c.lb, c.ub), loss=(loss, float(f_scale)),
+                             x_scale=repr(x_scale), tolerances=(ftol, xtol, gtol, max_nfev),
+                             starts=(x0, seed, c.n_starts))
+
+
+def snapshot_resume(snap):
+    table = StartsTable(**{k: np.array(v) for k, v in snap.table.items()})
+    fields = [f for f in snap.states if f != "start"]
+    saved = {int(s): {f: snap.states[f][j] for f in fields}
+             for j, s in enumerate(snap.states["start"])}
+    return Resume(table, saved, snap.round, snap.steps)
+
+
+def checkpoint_writer(ckpt, comm, width, every_seconds, stop):
+    """The driver's checkpoint hook: every interval (or, with every_seconds, when rank 0's
+    clock says so), on a stop, and at the end."""
+    last = [time.monotonic()]
+
+    def write(round_, steps, table, batch, active_counts, final, force):
+        due = every_seconds is None or force or final
+        if not due:
+            due = comm.bcast(time.monotonic() - last[0] >= every_seconds if comm.rank == 0 else None)
+        if not due:
+            return
+        lanes = np.flatnonzero(batch.start_of_lane >= 0)
+        mine = {"start": batch.start_of_lane[lanes],
+                **{f: np.asarray(getattr(batch.state, f))[lanes] for f in STATE_FIELDS}}
+        parts = comm.allgather(mine)
+        states = {k: np.concatenate([p[k] for p in parts]) for k in mine}
+        lo = sum(len(p["start"]) for p in parts[:comm.rank])
+        snap = Snapshot(round_, steps, table.as_dict(), states, width, comm.size)
+        ckpt.write(snap, (lo, lo + len(mine["start"])))
+        if stop is not None:
+            stop.write_seconds = max(stop.write_seconds, ckpt.last_write_seconds)
+        last[0] = time.monotonic()
+
+    return write
 
 
 def ensure_log_handler():

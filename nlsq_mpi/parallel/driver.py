@@ -29,9 +29,10 @@ class Batch:
         return cls(empty_state(width, n), np.full(width, -1, np.int64))
 
 
-def fill_lanes(batch, pending, x0_table, lb, ub, x_scale_inv):
+def fill_lanes(batch, pending, x0_table, lb, ub, x_scale_inv, saved=None):
     """Put pending start indices (taken from the front, in order) into the empty lanes;
-    returns (batch, what is left of pending)."""
+    returns (batch, what is left of pending). A start found in ``saved`` (start -> state row,
+    from a checkpoint) continues from that state instead of its start point."""
     free = np.flatnonzero(batch.start_of_lane < 0)
     take = min(len(free), len(pending))
     if take == 0:
@@ -40,7 +41,13 @@ def fill_lanes(batch, pending, x0_table, lb, ub, x_scale_inv):
     # Initialise a full-width block so init_state compiles once, whatever the count.
     x0_block = np.zeros_like(batch.state.x)
     x0_block[:take] = x0_table[starts]
-    fresh = jax.tree.map(lambda a: np.asarray(a)[:take], init_state(x0_block, lb, ub, x_scale_inv))
+    fresh = jax.tree.map(lambda a: np.array(a)[:take], init_state(x0_block, lb, ub, x_scale_inv))
+    if saved:
+        for j, start in enumerate(starts):
+            row = saved.pop(int(start), None)
+            if row is not None:
+                for field, value in row.items():
+                    getattr(fresh, field)[j] = value
     state = jax.tree.map(lambda a, b: _scatter(a, lanes, b), batch.state, fresh)
     start_of_lane = batch.start_of_lane.copy()
     start_of_lane[lanes] = starts
@@ -79,46 +86,86 @@ def apply_rows(table, rows):
     return len(idx)
 
 
+class Preempted(SystemExit):
+    """Raised on every rank after a stop request (signal or walltime): the checkpoint is
+    written and the job should be requeued. Its exit status is EXIT_PREEMPTED."""
+
+
+EXIT_PREEMPTED = 75   # EX_TEMPFAIL: "try again later"
+
+
+@dataclass
+class Resume:
+    """Where a run continues from: a checkpoint's table, unfinished states and counters."""
+    table: StartsTable
+    saved: dict      # start -> {field: value} for starts that were in flight
+    round: int
+    steps: int
+
+
 def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scale_inv,
-               rebalance=True, progress_seconds=5.0):
+               rebalance=True, progress_seconds=5.0, checkpoint=None, resume=None, stop=None):
     """All starts x0 (n_starts, n) over the ranks of ``comm``; returns the per-start table,
     identical on every rank.
 
     One collective per interval: every rank contributes the rows it finished, its free lanes,
-    and its remaining queue. With ``rebalance`` the pending starts form one replicated queue,
-    cut in rank order by free lanes, so no rank idles while starts are pending; without it,
-    start i belongs to rank i % size.
+    its remaining queue and whether it was asked to stop. With ``rebalance`` the pending
+    starts form one replicated queue, cut in rank order by free lanes, so no rank idles while
+    starts are pending; without it, start i belongs to rank i % size. ``checkpoint(round,
+    steps, table, batch, counts, final)`` is called when due (it decides), ``stop`` answers
+    whether this rank must stop; a stop writes a checkpoint and raises Preempted.
     """
     n_starts, n_params = x0.shape
-    table = StartsTable.empty(n_starts, n_params)
-    table.x0[:] = x0
+    if resume is None:
+        table = StartsTable.empty(n_starts, n_params)
+        table.x0[:] = x0
+        saved, round_, steps = {}, 0, 0
+    else:
+        table, saved, round_, steps = resume.table, dict(resume.saved), resume.round, resume.steps
+    unfinished = [i for i in range(n_starts) if table.status[i] == EMPTY]
+    pending = sorted(saved) + [i for i in unfinished if i not in saved]
     batch = Batch.empty(batch_width, n_params)
-    shared_queue = list(range(n_starts)) if rebalance else []
-    own_queue = [] if rebalance else list(range(comm.rank, n_starts, comm.size))
+    shared_queue = pending if rebalance else []
+    own_queue = [] if rebalance else [i for i in pending if i % comm.size == comm.rank]
     frees = [batch_width] * comm.size
-    done, t0, last_log = 0, time.perf_counter(), -float("inf")
+    done = n_starts - len(unfinished)
+    t0, last_log = time.perf_counter(), -float("inf")
     while True:
         if rebalance:
             offset = sum(frees[:comm.rank])
             mine = shared_queue[offset:offset + frees[comm.rank]]
             shared_queue = shared_queue[sum(frees):]
-            batch, _ = fill_lanes(batch, mine, table.x0, lb, ub, x_scale_inv)
+            batch, _ = fill_lanes(batch, mine, table.x0, lb, ub, x_scale_inv, saved)
         else:
-            batch, own_queue = fill_lanes(batch, own_queue, table.x0, lb, ub, x_scale_inv)
+            batch, own_queue = fill_lanes(batch, own_queue, table.x0, lb, ub, x_scale_inv, saved)
         if (batch.start_of_lane >= 0).any():
             state = advance(problem, batch.state, interval)
             batch = Batch(jax.tree.map(np.asarray, state), batch.start_of_lane)
+        round_ += 1
+        steps += interval
         batch, rows = harvest(batch)
         active = int((batch.start_of_lane >= 0).sum())
-        gathered = comm.allgather((rows, int((batch.start_of_lane < 0).sum()), active, len(own_queue)))
-        for rows_r, _, _, _ in gathered:
+        want_stop = bool(stop is not None and stop())
+        gathered = comm.allgather((rows, int((batch.start_of_lane < 0).sum()), active,
+                                   len(own_queue), want_stop))
+        for rows_r, *_ in gathered:
             done += apply_rows(table, rows_r)
         frees = [g[1] for g in gathered]
         remaining = sum(g[2] + g[3] for g in gathered) + len(shared_queue)
+        stopping = any(g[4] for g in gathered) and remaining > 0
+        if checkpoint is not None:
+            checkpoint(round_, steps, table, batch, [g[2] for g in gathered],
+                       final=remaining == 0, force=stopping)
         now = time.perf_counter()
-        if comm.rank == 0 and (now - last_log >= progress_seconds or remaining == 0):
+        if comm.rank == 0 and (now - last_log >= progress_seconds or remaining == 0 or stopping):
             last_log = now
             log.info(progress_line(done, n_starts, table, now - t0))
+        if stopping:
+            if comm.rank == 0:
+                log.warning("stop requested: %s; exiting with status %d so the job can be "
+                            "requeued", "checkpoint written" if checkpoint else "no checkpoint_dir",
+                            EXIT_PREEMPTED)
+            raise Preempted(EXIT_PREEMPTED)
         if remaining == 0:
             return table
 

@@ -1,0 +1,88 @@
+"""Damaged or foreign checkpoints, in one process: detected, reported, never overwritten."""
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import SEED_BOUNDS, seed_data, seed_model
+from nlsq_mpi import fit
+from nlsq_mpi.checkpoint import CheckpointMismatch, generations
+
+KW = dict(bounds=SEED_BOUNDS, workflow="hpc", n_starts=12, batch_size=4, checkpoint_interval=2,
+          progress_seconds=1e9)
+
+
+def _fit(ckpt, y=None, **extra):
+    x, y0, s = seed_data()
+    return fit(seed_model, x, y0 if y is None else y, sigma=s, checkpoint_dir=ckpt, **KW, **extra)
+
+
+@pytest.fixture
+def finished(tmp_path):
+    r = _fit(tmp_path)
+    gens = generations(tmp_path)
+    assert len(gens) == 2 and (tmp_path / "result.h5").exists()
+    return tmp_path, r, gens
+
+
+def _damage_bytes(path):
+    data = bytearray(Path(path).read_bytes())
+    # flip bytes inside the stored arrays (the end of the file holds the raw data)
+    for i in range(len(data) - 400, len(data) - 200):
+        data[i] ^= 0xFF
+    Path(path).write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "missing"])
+def test_damaged_newest_generation_falls_back_to_previous(finished, damage, caplog):
+    ckpt, ref, (newest, previous) = finished
+    if damage == "truncate":
+        with open(newest, "r+b") as fh:
+            fh.truncate(os.path.getsize(newest) // 2)
+    elif damage == "flip":
+        _damage_bytes(newest)
+    else:
+        os.remove(newest)
+    with caplog.at_level(logging.WARNING, logger="nlsq_mpi"):
+        r = _fit(ckpt)
+    assert r.resumed_from == previous
+    if damage != "missing":
+        assert "damaged" in caplog.text and Path(newest).name in caplog.text
+    np.testing.assert_array_equal(r.starts.x, ref.starts.x)
+    assert r.best_start == ref.best_start
+
+
+def test_all_generations_damaged_starts_clean(finished):
+    ckpt, ref, gens = finished
+    for g in gens:
+        with open(g, "r+b") as fh:
+            fh.truncate(100)
+    r = _fit(ckpt)
+    assert r.resumed_from is None
+    np.testing.assert_array_equal(r.starts.x, ref.starts.x)
+
+
+def test_other_problem_raises_and_overwrites_nothing(finished):
+    ckpt, _, gens = finished
+    before = {p: Path(p).read_bytes() for p in gens}
+    x, y, s = seed_data()
+    with pytest.raises(CheckpointMismatch, match=r"different problem \(differs in: ydata\).*nothing was overwritten"):
+        _fit(ckpt, y=y + 1.0)
+    assert {p: Path(p).read_bytes() for p in generations(ckpt)} == before
+
+
+def test_resume_false_starts_over_and_keep_checkpoints_false_cleans_up(finished):
+    ckpt, ref, _ = finished
+    x, y, s = seed_data()
+    r = _fit(ckpt, y=y + 1.0, resume=False, keep_checkpoints=False)
+    assert r.resumed_from is None and generations(ckpt) == []
+    assert (Path(ckpt) / "result.h5").exists()
+
+
+def test_finished_run_resumes_to_the_same_result(finished):
+    ckpt, ref, gens = finished
+    r = _fit(ckpt)
+    assert r.resumed_from == gens[0]
+    np.testing.assert_array_equal(r.popt, ref.popt)
