@@ -106,6 +106,7 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
             stop=stop)
     result = assemble_result(solver, problem, table, workflow, absolute_sigma, resume_from)
     if ckpt is not None:
+        result.checkpoint = ckpt.stats()
         result.save(Path(checkpoint_dir) / "result.h5")
         if not keep_checkpoints:
             ckpt.clear()

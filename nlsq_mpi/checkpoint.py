@@ -119,6 +119,7 @@ class Checkpointer:
         self.comm, self.dir, self.parts, self.log = comm, Path(directory), parts, log
         self.fingerprint = combined(parts)
         self.last_write_seconds = 0.0
+        self.writes, self.write_seconds, self.last_bytes = 0, 0.0, 0
         import h5py
         self.h5py = h5py
         self.collective = bool(h5py.get_config().mpi) and comm.size > 1
@@ -175,8 +176,11 @@ class Checkpointer:
             os.close(dfd)
             for old in generations(self.dir)[2:]:
                 os.remove(old)
+            self.last_bytes = os.path.getsize(final)
         self.comm.barrier()
         self.last_write_seconds = time.perf_counter() - t0
+        self.writes += 1
+        self.write_seconds += self.last_write_seconds
 
     @staticmethod
     def _create(fh, snap, attrs):
@@ -233,6 +237,11 @@ class Checkpointer:
                     "checkpoint_dir, or resume=False to start over in this one")
             return snap
         return None
+
+    def stats(self):
+        """Writes so far, their total seconds, and the size of the last file (rank 0)."""
+        return {"dir": str(self.dir), "writes": self.writes,
+                "write_seconds": round(self.write_seconds, 6), "last_bytes": self.last_bytes}
 
     def clear(self):
         if self.comm.rank == 0:

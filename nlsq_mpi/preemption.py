@@ -32,7 +32,7 @@ class StopControl:
     def __init__(self, walltime=None, environ=os.environ, margin=5.0):
         self.signalled = None
         self.deadline = None
-        wall = parse_walltime(walltime)
+        wall = parse_walltime(walltime if walltime is not None else environ.get("NLSQ_MPI_WALLTIME"))
         if wall is not None:
             self.deadline = time.time() + wall
         end = environ.get("SLURM_JOB_END_TIME")

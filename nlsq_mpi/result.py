@@ -57,6 +57,7 @@ class FitResult:
     fun: np.ndarray         # whitened residuals at popt
     workflow: str = "local"
     resumed_from: Optional[str] = None
+    checkpoint: Optional[dict] = None   # writes, write_seconds, last_bytes of this run
 
     def __iter__(self):
         yield self.popt

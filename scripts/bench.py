@@ -8,6 +8,8 @@ Parts:
      persistent compilation cache against the whole scipy process.
   2. 1 vs 2 ranks on 1,000 starts (speedup), and an imbalanced start set with and without
      rebalancing (parallel efficiency).
+  3. checkpoint overhead on 2 ranks (1,000 starts, a checkpoint every interval), file size
+     and write time.
 """
 import json
 import os
@@ -99,19 +101,19 @@ def part2():
         assert one["best"] == two["best"]
         print(f"1000 starts: 1 rank {one['seconds']:.2f} s, 2 ranks {two['seconds']:.2f} s, "
               f"speedup {one['seconds'] / two['seconds']:.2f} (target >= 1.7)")
-        # Imbalance: the 100 slowest of 1000 starts all at even indices among the first 200,
+        # Imbalance: the 50 slowest of 1000 starts all at even indices among the first 100,
         # the 500 fastest everywhere else, so the static assignment (start i -> rank i % 2)
         # gives rank 0 all the hard work.
         x, y, s = data()
         probe = fit(model, x, y, sigma=s, bounds=BOUNDS, workflow="auto_global", sampler=uniform)
         order = np.argsort(probe.starts.nfev, kind="stable")
-        hard, easy = order[-100:], order[:500]
-        mixed_idx = np.empty(600, int)
-        mixed_idx[0:200:2], mixed_idx[1:200:2] = hard, easy[:100]
-        mixed_idx[200:] = easy[100:]
+        hard, easy = order[-50:], order[:500]
+        mixed_idx = np.empty(550, int)
+        mixed_idx[0:100:2], mixed_idx[1:100:2] = hard, easy[:50]
+        mixed_idx[100:] = easy[50:]
         mixed = uniform[mixed_idx]
         nfev = probe.starts.nfev
-        print(f"imbalanced set: 100 starts of mean nfev {nfev[hard].mean():.0f} at even indices < 200, "
+        print(f"imbalanced set: 50 starts of mean nfev {nfev[hard].mean():.0f} at even indices < 100, "
               f"500 of mean nfev {nfev[easy].mean():.0f} elsewhere")
         f2 = os.path.join(tmp, "mixed.npy")
         np.save(f2, mixed)
@@ -123,9 +125,27 @@ def part2():
                   f"parallel efficiency {100 * eff:.0f}% (target >= 80% with rebalancing)")
 
 
+def part3():
+    from nlsq_mpi.starts import start_points
+    print("== 3. checkpoint overhead: seed problem, 1000 starts, 2 ranks, checkpoint_interval=10")
+    with tempfile.TemporaryDirectory() as tmp:
+        f = os.path.join(tmp, "uniform.npy")
+        np.save(f, start_points("sobol", 0, *BOUNDS, np.arange(1000), 1000))
+        plain = [mpi_run(2, f)["seconds"] for _ in range(2)]
+        runs = [mpi_run(2, f, "--checkpoint", os.path.join(tmp, f"ckpt{i}")) for i in range(2)]
+        with_ckpt = [r["seconds"] for r in runs]
+        c = runs[-1]["checkpoint"]
+        print(f"no checkpoint {min(plain):.2f} s, with checkpoints {min(with_ckpt):.2f} s (best of 2 each): "
+              f"overhead {100 * (min(with_ckpt) / min(plain) - 1):.1f}% (target <= 5%)")
+        print(f"  {c['writes']} writes, {1e3 * c['write_seconds'] / max(1, c['writes']):.1f} ms per write, "
+              f"last file {c['last_bytes'] / 1024:.0f} KiB")
+
+
 if __name__ == "__main__":
-    parts = sys.argv[1:] or ["1", "2"]
+    parts = sys.argv[1:] or ["1", "2", "3"]
     if "1" in parts:
         part1()
     if "2" in parts:
         part2()
+    if "3" in parts:
+        part3()

@@ -1,6 +1,6 @@
 """Timed hpc fit for scripts/bench.py: run under mpirun; rank 0 prints one JSON line.
 
-usage: bench_mpi_job.py STARTS.npy [--no-rebalance]
+usage: bench_mpi_job.py STARTS.npy [--no-rebalance] [--checkpoint DIR]
 The starts array fixes the work; a warm-up fit compiles first, so only the run is timed.
 """
 import json
@@ -31,13 +31,15 @@ BOUNDS = ([0, 0, 0, -np.pi, -10], [100, 10, 20, np.pi, 10])
 if __name__ == "__main__":
     starts = np.load(sys.argv[1])
     rebalance = "--no-rebalance" not in sys.argv
+    ckpt = sys.argv[sys.argv.index("--checkpoint") + 1] if "--checkpoint" in sys.argv else None
     x, y, s = data()
     common = dict(sigma=s, bounds=BOUNDS, workflow="hpc", progress_seconds=1e9, rebalance=rebalance)
     fit(model, x, y, sampler=starts[:64], **common)   # compile on every rank (16 lanes each)
     get_comm().barrier()
     t0 = time.perf_counter()
-    r = fit(model, x, y, sampler=starts, **common)
+    r = fit(model, x, y, sampler=starts, checkpoint_dir=ckpt, resume=False, **common)
     elapsed = time.perf_counter() - t0
     if nlsq_mpi.is_root():
         print(json.dumps({"ranks": nlsq_mpi.size(), "seconds": elapsed, "best": r.best_start,
-                          "cost": r.cost, "total_nfev": int(r.starts.nfev.sum())}))
+                          "cost": r.cost, "total_nfev": int(r.starts.nfev.sum()),
+                          "checkpoint": r.checkpoint}))

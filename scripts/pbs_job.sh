@@ -1,0 +1,25 @@
+#!/bin/bash
+# PBS Pro / Torque script for an nlsq_mpi job that survives preemption and the walltime.
+#   qsub -v JOB=job.py scripts/pbs_job.sh
+# fit() stops NLSQ_MPI_WALLTIME seconds after it starts (here: the walltime less 5 minutes),
+# writes a checkpoint and exits with status 75; the script then resubmits itself and the
+# same command resumes from the checkpoint. PBS's own SIGTERM at preemption does the same.
+#PBS -N nlsq_mpi
+#PBS -l select=1:ncpus=4:mpiprocs=4:ngpus=4
+#PBS -l walltime=24:00:00
+#PBS -r y
+set -u
+cd "${PBS_O_WORKDIR:-.}"
+JOB=${JOB:-job.py}
+export HDF5_USE_FILE_LOCKING=FALSE
+export NLSQ_MPI_WALLTIME=${NLSQ_MPI_WALLTIME:-$(( ${PBS_WALLTIME:-86400} - 300 ))}
+NP=$(wc -l < "${PBS_NODEFILE:?not inside a PBS job}")
+PY=${NLSQ_MPI_PYTHON:-python}
+
+mpiexec -n "$NP" "$PY" -m nlsq_mpi "$JOB"
+status=$?
+if [ "$status" -eq 75 ]; then
+  echo "nlsq_mpi: checkpoint written, resubmitting"
+  qsub -v JOB="$JOB" "$0"
+fi
+exit "$status"

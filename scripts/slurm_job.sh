@@ -1,0 +1,35 @@
+#!/bin/bash
+# SLURM batch script for an nlsq_mpi job that survives preemption and the time limit.
+#   sbatch scripts/slurm_job.sh job.py [args...]
+# SLURM sends USR1 to this batch shell 120 s before the limit (--signal=B:USR1@120); the
+# trap passes it to the job step (srun forwards it to every rank); the ranks finish their
+# interval, write a checkpoint and exit with status 75; the job is then requeued and the
+# same command resumes from the checkpoint. SLURM_JOB_END_TIME also lets fit() stop in time.
+#SBATCH --job-name=nlsq_mpi
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=4
+#SBATCH --gpus-per-node=4
+#SBATCH --time=24:00:00
+#SBATCH --signal=B:USR1@120
+#SBATCH --requeue
+#SBATCH --open-mode=append
+set -u
+JOB=${1:?usage: sbatch slurm_job.sh JOB.py [args...]}
+shift
+export HDF5_USE_FILE_LOCKING=FALSE      # parallel HDF5 on NFS/Lustre
+PY=${NLSQ_MPI_PYTHON:-python}
+
+srun "$PY" -m nlsq_mpi "$JOB" "$@" &
+step=$!
+trap 'kill -USR1 "$step" 2>/dev/null' USR1 TERM
+wait "$step"
+status=$?
+while [ "$status" -gt 128 ] && kill -0 "$step" 2>/dev/null; do   # the trap interrupted wait
+  wait "$step"
+  status=$?
+done
+if [ "$status" -eq 75 ]; then
+  echo "nlsq_mpi: checkpoint written, requeueing job ${SLURM_JOB_ID:-?}"
+  scontrol requeue "${SLURM_JOB_ID}"
+fi
+exit "$status"

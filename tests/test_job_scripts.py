@@ -1,0 +1,57 @@
+"""The SLURM and PBS scripts: syntax, and a dry run with stub scheduler commands."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("script", ["slurm_job.sh", "pbs_job.sh"])
+def test_script_parses(script):
+    subprocess.run(["bash", "-n", str(ROOT / "scripts" / script)], check=True, timeout=30)
+
+
+def _stubs(tmp_path, job_status):
+    """srun/mpiexec run the job script's exit status; scontrol/qsub record their arguments."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    log = tmp_path / "calls.log"
+    for name in ("srun", "mpiexec"):
+        (bin_ / name).write_text(f"#!/bin/bash\necho {name} \"$@\" >> {log}\nexit {job_status}\n")
+    for name in ("scontrol", "qsub"):
+        (bin_ / name).write_text(f"#!/bin/bash\necho {name} \"$@\" >> {log}\n")
+    for f in bin_.iterdir():
+        f.chmod(0o755)
+    return bin_, log
+
+
+@pytest.mark.parametrize("job_status", [0, 75])
+def test_slurm_script_requeues_on_status_75(tmp_path, job_status):
+    bin_, log = _stubs(tmp_path, job_status)
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "SLURM_JOB_ID": "99",
+           "NLSQ_MPI_PYTHON": sys.executable}
+    p = subprocess.run(["bash", str(ROOT / "scripts" / "slurm_job.sh"), "job.py", "--flag"],
+                       env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert p.returncode == job_status
+    calls = log.read_text()
+    assert f"srun {sys.executable} -m nlsq_mpi job.py --flag" in calls
+    assert ("scontrol requeue 99" in calls) == (job_status == 75)
+
+
+@pytest.mark.parametrize("job_status", [0, 75])
+def test_pbs_script_resubmits_on_status_75(tmp_path, job_status):
+    bin_, log = _stubs(tmp_path, job_status)
+    nodefile = tmp_path / "nodes"
+    nodefile.write_text("n1\nn1\nn2\n")
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "PBS_NODEFILE": str(nodefile),
+           "PBS_O_WORKDIR": str(tmp_path), "JOB": "job.py", "PBS_WALLTIME": "3600",
+           "NLSQ_MPI_PYTHON": sys.executable}
+    p = subprocess.run(["bash", str(ROOT / "scripts" / "pbs_job.sh")], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == job_status
+    calls = log.read_text()
+    assert f"mpiexec -n 3 {sys.executable} -m nlsq_mpi job.py" in calls
+    assert ("qsub -v JOB=job.py" in calls) == (job_status == 75)
