@@ -3,7 +3,6 @@ import contextlib
 import inspect
 import logging
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -14,7 +13,7 @@ from . import starts as starts_mod
 from .covariance import covariance
 from .errors import ModelError
 from .parallel.comm import SerialComm, get_comm
-from .checkpoint import STATE_FIELDS, Checkpointer, Snapshot, fingerprint_parts
+from .checkpoint import CheckpointHook, Checkpointer, fingerprint_parts
 from .parallel.driver import Resume, run_starts
 from .preemption import StopControl
 from .result import FitResult, StartsTable
@@ -100,8 +99,7 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
             comm, solver.advance, problem, x0, width, checkpoint_interval, c.lb, c.ub,
             c.x_scale_inv, rebalance=rebalance,
             progress_seconds=progress_seconds if workflow == "hpc" else float("inf"),
-            checkpoint=(checkpoint_writer(ckpt, comm, width, checkpoint_seconds, stop)
-                        if ckpt else None),
+            checkpoint=CheckpointHook(ckpt, width, checkpoint_seconds, stop) if ckpt else None,
             resume=snapshot_resume(snap) if resume_from else None,
             stop=stop)
     result = assemble_result(solver, problem, table, workflow, absolute_sigma, resume_from)
@@ -140,32 +138,6 @@ def snapshot_resume(snap):
     saved = {int(s): {f: snap.states[f][j] for f in fields}
              for j, s in enumerate(snap.states["start"])}
     return Resume(table, saved, snap.round, snap.steps)
-
-
-def checkpoint_writer(ckpt, comm, width, every_seconds, stop):
-    """The driver's checkpoint hook: every interval (or, with every_seconds, when rank 0's
-    clock says so), on a stop, and at the end."""
-    last = [time.monotonic()]
-
-    def write(round_, steps, table, batch, active_counts, final, force):
-        due = every_seconds is None or force or final
-        if not due:
-            due = comm.bcast(time.monotonic() - last[0] >= every_seconds if comm.rank == 0 else None)
-        if not due:
-            return
-        lanes = np.flatnonzero(batch.start_of_lane >= 0)
-        mine = {"start": batch.start_of_lane[lanes],
-                **{f: np.asarray(getattr(batch.state, f))[lanes] for f in STATE_FIELDS}}
-        parts = comm.allgather(mine)
-        states = {k: np.concatenate([p[k] for p in parts]) for k in mine}
-        lo = sum(len(p["start"]) for p in parts[:comm.rank])
-        snap = Snapshot(round_, steps, table.as_dict(), states, width, comm.size)
-        ckpt.write(snap, (lo, lo + len(mine["start"])))
-        if stop is not None:
-            stop.write_seconds = max(stop.write_seconds, ckpt.last_write_seconds)
-        last[0] = time.monotonic()
-
-    return write
 
 
 def ensure_log_handler():

@@ -2,21 +2,22 @@
 
 Schema (version 1), one file per generation ``gen-<round>.h5`` in checkpoint_dir:
 
-  attrs        schema_version, fingerprint (sha256 of the problem), fingerprint_parts
-               (JSON: one hash per part, model, xdata, ydata, bounds, ... so a mismatch names
-               what differs), round, steps (solver steps per start so far), n_starts,
-               n_params, lane_width, ranks, created (epoch s), versions (JSON), checksum
-               (sha256 over every dataset), best_start (-1: none), best_cost
+  attrs        schema_version, fingerprint (sha256 of the problem), checksum (sha256 over
+               every dataset), round, and meta: JSON with fingerprint_parts (one hash per
+               part: model, xdata, ydata, bounds, ... so a mismatch names what differs),
+               steps (solver steps per start so far), n_starts, n_params, lane_width, ranks,
+               created (epoch s), versions, best_start (-1: none), best_cost, columns
   best_x       (n,)            the best parameters so far
   table/x0     (n_starts, n)   the per-start table: start points,
   table/x      (n_starts, n)   final points,
   table/cost   (n_starts,)     costs (inf: failed or not finished),
-  table/counts (n_starts, 3)   int32 columns status, nit, nfev (attr "columns")
+  table/counts (n_starts, 3)   int32 columns status, nit, nfev
   state/x, state/scale_inv (k, n), state/real (k, 4) float64 columns cost, Delta, alpha,
   optimality, state/int (k, 8) int64 columns start, nfev, njev, nit, status, pending,
   accepted, fresh: the complete solver state of each of the k unfinished starts.
 
-Few, packed datasets keep a write at a few milliseconds (each HDF5 object costs ~0.2 ms).
+Few, packed datasets and attributes keep a write at a few milliseconds (each HDF5 object
+costs ~0.1-0.2 ms).
 
 Writes are atomic: the temporary name is chosen on rank 0 and broadcast, every rank opens it
 (h5py's mpio driver when h5py has MPI support, each rank writing the state rows of its own
@@ -31,6 +32,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -100,12 +102,13 @@ def _checksum(datasets):
     return _hash(*[datasets[k] for k in sorted(datasets)])
 
 
+@lru_cache(maxsize=1)
 def _versions():
     import h5py
     import jax
     from . import __version__
-    return json.dumps({"nlsq_mpi": __version__, "jax": jax.__version__, "numpy": np.__version__,
-                       "h5py": h5py.__version__})
+    return {"nlsq_mpi": __version__, "jax": jax.__version__, "numpy": np.__version__,
+            "h5py": h5py.__version__}
 
 
 def pack(table, states):
@@ -173,13 +176,15 @@ class Checkpointer:
         tmp = self.dir / name
         data = pack(snap.table, snap.states)
         best = best_of(snap.table)
+        meta = {"fingerprint_parts": self.parts, "steps": snap.steps,
+                "n_starts": len(snap.table["cost"]), "n_params": snap.table["x0"].shape[1],
+                "lane_width": snap.lane_width, "ranks": snap.ranks, "created": time.time(),
+                "versions": _versions(), "best_start": best,
+                "best_cost": float(snap.table["cost"][best]) if best >= 0 else None,
+                "columns": {"table/counts": TABLE_COUNTS, "state/real": STATE_REAL,
+                            "state/int": STATE_INT}}
         attrs = {"schema_version": SCHEMA_VERSION, "fingerprint": self.fingerprint,
-                 "fingerprint_parts": json.dumps(self.parts, sort_keys=True),
-                 "round": snap.round, "steps": snap.steps,
-                 "n_starts": len(snap.table["cost"]), "n_params": snap.table["x0"].shape[1],
-                 "lane_width": snap.lane_width, "ranks": snap.ranks, "created": time.time(),
-                 "versions": _versions(), "checksum": _checksum(data), "best_start": best,
-                 "best_cost": snap.table["cost"][best] if best >= 0 else np.inf}
+                 "checksum": _checksum(data), "round": snap.round, "meta": json.dumps(meta)}
         best_x = snap.table["x"][best] if best >= 0 else np.full(snap.table["x"].shape[1], np.nan)
         lo, hi = my_rows
         if self.collective:
@@ -222,9 +227,6 @@ class Checkpointer:
         """Create every attribute and dataset (collective: same calls on every rank)."""
         fh.attrs.update(attrs)
         dsets = {k: fh.create_dataset(k, shape=v.shape, dtype=v.dtype) for k, v in data.items()}
-        dsets["table/counts"].attrs["columns"] = ",".join(TABLE_COUNTS)
-        dsets["state/real"].attrs["columns"] = ",".join(STATE_REAL)
-        dsets["state/int"].attrs["columns"] = ",".join(STATE_INT)
         fh.create_dataset("best_x", shape=(data["table/x"].shape[1],), dtype="f8")
         return dsets
 
@@ -254,7 +256,7 @@ class Checkpointer:
                                  "previous generation", path, exc, Path(path).name)
                 continue
             if attrs["fingerprint"] != self.fingerprint:
-                stored = json.loads(attrs.get("fingerprint_parts", "{}"))
+                stored = attrs["meta"].get("fingerprint_parts", {})
                 differs = [k for k, v in self.parts.items() if stored.get(k) != v]
                 raise CheckpointMismatch(
                     f"checkpoint_dir: {path} belongs to a different problem (differs in: "
@@ -275,6 +277,36 @@ class Checkpointer:
         self.comm.barrier()
 
 
+class CheckpointHook:
+    """What the driver calls: ``wants_write()`` on rank 0 (every interval, or every
+    ``every_seconds``), then ``write(...)`` on every rank with the in-flight states that all
+    ranks contributed to the driver's per-interval collective."""
+
+    def __init__(self, checkpointer, lane_width, every_seconds=None, stop=None):
+        self.ckpt, self.lane_width, self.every_seconds, self.stop = \
+            checkpointer, lane_width, every_seconds, stop
+        self.last = time.monotonic()
+
+    def wants_write(self):
+        return self.every_seconds is None or time.monotonic() - self.last >= self.every_seconds
+
+    def write(self, round_, steps, table, parts, rank):
+        states = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        lo = sum(len(p["start"]) for p in parts[:rank])
+        snap = Snapshot(round_, steps, table.as_dict(), states, self.lane_width, len(parts))
+        self.ckpt.write(snap, (lo, lo + len(parts[rank]["start"])))
+        if self.stop is not None:
+            self.stop.write_seconds = max(self.stop.write_seconds, self.ckpt.last_write_seconds)
+        self.last = time.monotonic()
+
+
+def in_flight(batch):
+    """This rank's unfinished starts and their solver states, as the checkpoint stores them."""
+    lanes = np.flatnonzero(batch.start_of_lane >= 0)
+    return {"start": batch.start_of_lane[lanes],
+            **{f: np.asarray(getattr(batch.state, f))[lanes] for f in STATE_FIELDS}}
+
+
 def read_generation(path, h5py=None):
     """(Snapshot, attrs) of one generation file; CheckpointCorrupt when it does not validate."""
     if h5py is None:
@@ -285,6 +317,7 @@ def read_generation(path, h5py=None):
             if attrs.get("schema_version") != SCHEMA_VERSION:
                 raise CheckpointCorrupt(f"schema_version {attrs.get('schema_version')!r}, "
                                         f"expected {SCHEMA_VERSION}")
+            attrs["meta"] = json.loads(attrs["meta"])
             data = {f"{g}/{k}": fh[g][k][...] for g in ("table", "state") for k in fh[g]}
     except CheckpointCorrupt:
         raise
@@ -293,7 +326,8 @@ def read_generation(path, h5py=None):
     if _checksum(data) != attrs.get("checksum"):
         raise CheckpointCorrupt("checksum mismatch")
     table, states = unpack(data)
-    snap = Snapshot(round=int(attrs["round"]), steps=int(attrs["steps"]), table=table,
-                    states=states, lane_width=int(attrs["lane_width"]), ranks=int(attrs["ranks"]),
-                    created=float(attrs["created"]), path=str(path))
+    meta = attrs["meta"]
+    snap = Snapshot(round=int(attrs["round"]), steps=int(meta["steps"]), table=table,
+                    states=states, lane_width=int(meta["lane_width"]), ranks=int(meta["ranks"]),
+                    created=float(meta["created"]), path=str(path))
     return snap, attrs

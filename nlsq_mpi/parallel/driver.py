@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
+from ..checkpoint import in_flight
 from ..result import StartsTable
 from ..solver import RUNNING, EMPTY, SolverState, empty_state, init_state
 
@@ -111,9 +112,10 @@ def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scal
     One collective per interval: every rank contributes the rows it finished, its free lanes,
     its remaining queue and whether it was asked to stop. With ``rebalance`` the pending
     starts form one replicated queue, cut in rank order by free lanes, so no rank idles while
-    starts are pending; without it, start i belongs to rank i % size. ``checkpoint(round,
-    steps, table, batch, counts, final)`` is called when due (it decides), ``stop`` answers
+    starts are pending; without it, start i belongs to rank i % size. ``stop`` answers
     whether this rank must stop; a stop writes a checkpoint and raises Preempted.
+    ``checkpoint`` (a CheckpointHook) writes when rank 0 says it is due, on a stop and at
+    the end, from the in-flight states gathered in the same collective.
     """
     n_starts, n_params = x0.shape
     if resume is None:
@@ -146,16 +148,17 @@ def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scal
         batch, rows = harvest(batch)
         active = int((batch.start_of_lane >= 0).sum())
         want_stop = bool(stop is not None and stop())
+        states = in_flight(batch) if checkpoint is not None else None
+        due = checkpoint is not None and comm.rank == 0 and checkpoint.wants_write()
         gathered = comm.allgather((rows, int((batch.start_of_lane < 0).sum()), active,
-                                   len(own_queue), want_stop))
+                                   len(own_queue), want_stop, states, due))
         for rows_r, *_ in gathered:
             done += apply_rows(table, rows_r)
         frees = [g[1] for g in gathered]
         remaining = sum(g[2] + g[3] for g in gathered) + len(shared_queue)
         stopping = any(g[4] for g in gathered) and remaining > 0
-        if checkpoint is not None:
-            checkpoint(round_, steps, table, batch, [g[2] for g in gathered],
-                       final=remaining == 0, force=stopping)
+        if checkpoint is not None and (gathered[0][6] or stopping or remaining == 0):
+            checkpoint.write(round_, steps, table, [g[5] for g in gathered], comm.rank)
         now = time.perf_counter()
         if comm.rank == 0 and (now - last_log >= progress_seconds or remaining == 0 or stopping):
             last_log = now
