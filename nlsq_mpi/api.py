@@ -94,7 +94,7 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
                          snap.path, snap.round, int(np.sum(snap.table["status"] != EMPTY)),
                          len(snap.table["cost"]), snap.ranks)
     stop = StopControl(walltime) if workflow == "hpc" else None
-    with stop or contextlib.nullcontext():
+    with stop or contextlib.nullcontext(), (ckpt.flushing() if ckpt else contextlib.nullcontext()):
         table = run_starts(
             comm, solver.advance, problem, x0, width, checkpoint_interval, c.lb, c.ub,
             c.x_scale_inv, rebalance=rebalance,

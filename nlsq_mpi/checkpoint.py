@@ -19,16 +19,19 @@ Schema (version 1), one file per generation ``gen-<round>.h5`` in checkpoint_dir
 Few, packed datasets and attributes keep a write at a few milliseconds (each HDF5 object
 costs ~0.1-0.2 ms).
 
-Writes are atomic: the temporary name is chosen on rank 0 and broadcast, every rank opens it
-(h5py's mpio driver when h5py has MPI support, each rank writing the state rows of its own
-lanes; otherwise rank 0 writes the whole file), it is closed, fsynced and renamed into place;
+Writes are atomic: the temporary name (from a run id chosen on rank 0 and broadcast once) is
+opened by every rank (h5py's mpio driver when h5py has MPI support, each rank writing the
+state rows of its own lanes; otherwise rank 0 writes the whole file), closed, then fsynced
+and renamed into place by rank 0 in a background thread that overlaps the next interval;
 the previous generation is kept, older ones and stale temporaries are removed.
 Readable with plain h5py or h5dump.
 """
+import contextlib
 import glob
 import hashlib
 import json
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -154,6 +157,8 @@ class Checkpointer:
         self.fingerprint = combined(parts)
         self.last_write_seconds = 0.0
         self.writes, self.write_seconds, self.last_bytes = 0, 0.0, 0
+        self.run_id = comm.bcast(uuid.uuid4().hex[:12] if comm.rank == 0 else None)
+        self._publisher = None
         import h5py
         self.h5py = h5py
         self.collective = bool(h5py.get_config().mpi) and comm.size > 1
@@ -171,9 +176,8 @@ class Checkpointer:
         is the slice of snap.states rows that this rank's lanes hold (written by this rank
         in collective mode)."""
         t0 = time.perf_counter()
-        name = self.comm.bcast(f".tmp-gen-{snap.round:09d}-{uuid.uuid4().hex[:12]}.h5"
-                               if self.comm.rank == 0 else None)
-        tmp = self.dir / name
+        self.flush()    # the previous generation is in place before this one is written
+        tmp = self.dir / f".tmp-gen-{snap.round:09d}-{self.run_id}.h5"   # same name on every rank
         data = pack(snap.table, snap.states)
         best = best_of(snap.table)
         meta = {"fingerprint_parts": self.parts, "steps": snap.steps,
@@ -206,21 +210,29 @@ class Checkpointer:
         if os.environ.get("NLSQ_MPI_FAULT") == f"kill-before-rename:{snap.round}":
             os.kill(os.getpid(), 9)   # fault injection for the tests: die mid-write
         if self.comm.rank == 0:
-            fd = os.open(tmp, os.O_RDONLY)
-            os.fsync(fd)
-            os.close(fd)
-            final = self.dir / f"gen-{snap.round:09d}.h5"
-            os.replace(tmp, final)
-            dfd = os.open(self.dir, os.O_RDONLY)
-            os.fsync(dfd)
-            os.close(dfd)
-            for old in generations(self.dir)[2:]:
-                os.remove(old)
-            self.last_bytes = os.path.getsize(final)
-        self.comm.barrier()
+            self._publisher = threading.Thread(target=self._publish, args=(tmp, snap.round),
+                                               name="nlsq_mpi-checkpoint", daemon=False)
+            self._publisher.start()
         self.last_write_seconds = time.perf_counter() - t0
         self.writes += 1
         self.write_seconds += self.last_write_seconds
+
+    def _publish(self, tmp, round_):
+        """fsync, rename into place, fsync the directory, drop generations older than the
+        previous one. Runs on rank 0 in a thread (os.fsync releases the GIL) while the next
+        interval computes; the next write, the end of the fit and stats() wait for it."""
+        fd = os.open(tmp, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+        final = self.dir / f"gen-{round_:09d}.h5"
+        os.replace(tmp, final)
+        dfd = os.open(self.dir, os.O_RDONLY)
+        os.fsync(dfd)
+        os.close(dfd)
+        for old in generations(self.dir)[2:]:
+            os.remove(old)
+        self.last_bytes = os.path.getsize(final)
+
 
     @staticmethod
     def _create(fh, data, attrs):
@@ -265,12 +277,28 @@ class Checkpointer:
             return snap
         return None
 
+    @contextlib.contextmanager
+    def flushing(self):
+        """Flush on the way out of the fit loop, also when it stops by Preempted."""
+        try:
+            yield self
+        finally:
+            self.flush()
+
+    def flush(self):
+        """Wait until the last generation is durable and in place (rank 0; no-op elsewhere)."""
+        if self._publisher is not None:
+            self._publisher.join()
+            self._publisher = None
+
     def stats(self):
         """Writes so far, their total seconds, and the size of the last file (rank 0)."""
+        self.flush()
         return {"dir": str(self.dir), "writes": self.writes,
                 "write_seconds": round(self.write_seconds, 6), "last_bytes": self.last_bytes}
 
     def clear(self):
+        self.flush()
         if self.comm.rank == 0:
             for path in generations(self.dir):
                 os.remove(path)
