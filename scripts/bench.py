@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # One persistent compilation cache for this process and its children (set before JAX loads).
 os.environ.setdefault("NLSQ_MPI_JAX_CACHE", str(ROOT / ".jax_cache"))
 sys.path.insert(0, str(ROOT / "scripts"))
-from bench_mpi_job import BOUNDS, data, model  # noqa: E402
+from bench_mpi_job import BOUNDS, MGH09_BOUNDS, data, model, problem  # noqa: E402
 
 MPI_ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
            "OMPI_MCA_rmaps_base_oversubscribe": "1"}
@@ -101,25 +101,26 @@ def part2():
         assert one["best"] == two["best"]
         print(f"1000 starts: 1 rank {one['seconds']:.2f} s, 2 ranks {two['seconds']:.2f} s, "
               f"speedup {one['seconds'] / two['seconds']:.2f} (target >= 1.7)")
-        # Imbalance: the 50 slowest of 1000 starts all at even indices among the first 100,
-        # the 500 fastest everywhere else, so the static assignment (start i -> rank i % 2)
-        # gives rank 0 all the hard work.
-        x, y, s = data()
-        probe = fit(model, x, y, sigma=s, bounds=BOUNDS, workflow="auto_global", sampler=uniform)
+        # Imbalance: NIST MGH09 in [-5, 5]^4, where starts need 10 to 400 evaluations. The 200
+        # slowest of 4000 starts sit at even indices below 400 and the 2000 fastest everywhere
+        # else, so the static assignment (start i -> rank i % 2) gives rank 0 all the hard work.
+        fn, x, y, kw = problem("mgh09")
+        pool = start_points("sobol", 0, *MGH09_BOUNDS, np.arange(4000), 4000)
+        probe = fit(fn, x, y, workflow="auto_global", sampler=pool, **kw)
         order = np.argsort(probe.starts.nfev, kind="stable")
-        hard, easy = order[-50:], order[:500]
-        mixed_idx = np.empty(550, int)
-        mixed_idx[0:100:2], mixed_idx[1:100:2] = hard, easy[:50]
-        mixed_idx[100:] = easy[50:]
-        mixed = uniform[mixed_idx]
+        hard, easy = order[-200:], order[:2000]
+        mixed_idx = np.empty(2200, int)
+        mixed_idx[0:400:2], mixed_idx[1:400:2] = hard, easy[:200]
+        mixed_idx[400:] = easy[200:]
+        mixed = pool[mixed_idx]
         nfev = probe.starts.nfev
-        print(f"imbalanced set: 50 starts of mean nfev {nfev[hard].mean():.0f} at even indices < 100, "
-              f"500 of mean nfev {nfev[easy].mean():.0f} elsewhere")
+        print(f"imbalanced set (MGH09): 200 starts of mean nfev {nfev[hard].mean():.0f} at even "
+              f"indices < 400, 2000 of mean nfev {nfev[easy].mean():.0f} elsewhere")
         f2 = os.path.join(tmp, "mixed.npy")
         np.save(f2, mixed)
-        serial = mpi_run(1, f2)
+        serial = mpi_run(1, f2, "--problem", "mgh09")
         for flags, label in (((), "rebalancing on "), (("--no-rebalance",), "rebalancing off")):
-            r = mpi_run(2, f2, *flags)
+            r = mpi_run(2, f2, "--problem", "mgh09", *flags)
             eff = serial["seconds"] / (2 * r["seconds"])
             print(f"  {label}: 1 rank {serial['seconds']:.2f} s, 2 ranks {r['seconds']:.2f} s, "
                   f"parallel efficiency {100 * eff:.0f}% (target >= 80% with rebalancing)")

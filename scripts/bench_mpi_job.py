@@ -1,11 +1,12 @@
 """Timed hpc fit for scripts/bench.py: run under mpirun; rank 0 prints one JSON line.
 
-usage: bench_mpi_job.py STARTS.npy [--no-rebalance] [--checkpoint DIR]
+usage: bench_mpi_job.py STARTS.npy [--no-rebalance] [--checkpoint DIR] [--problem seed|mgh09]
 The starts array fixes the work; a warm-up fit compiles first, so only the run is timed.
 """
 import json
 import sys
 import time
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -27,17 +28,31 @@ def data(m=2000, seed=0):
 
 
 BOUNDS = ([0, 0, 0, -np.pi, -10], [100, 10, 20, np.pi, 10])
+MGH09_BOUNDS = ([-5] * 4, [5] * 4)
+
+
+def problem(name):
+    """(model, x, y, fit kwargs) of a benchmark problem: the seed model at m=2000, or NIST
+    MGH09 in [-5, 5]^4, whose starts need from 10 to 400 evaluations."""
+    if name == "seed":
+        x, y, s = data()
+        return model, x, y, dict(sigma=s, bounds=BOUNDS)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import nist
+    P = nist.load("MGH09")
+    return P.model, P.x, P.y, dict(bounds=MGH09_BOUNDS)
 
 if __name__ == "__main__":
     starts = np.load(sys.argv[1])
     rebalance = "--no-rebalance" not in sys.argv
     ckpt = sys.argv[sys.argv.index("--checkpoint") + 1] if "--checkpoint" in sys.argv else None
-    x, y, s = data()
-    common = dict(sigma=s, bounds=BOUNDS, workflow="hpc", progress_seconds=1e9, rebalance=rebalance)
-    fit(model, x, y, sampler=starts[:64], **common)   # compile on every rank (16 lanes each)
+    name = sys.argv[sys.argv.index("--problem") + 1] if "--problem" in sys.argv else "seed"
+    fn, x, y, kw = problem(name)
+    common = dict(workflow="hpc", progress_seconds=1e9, rebalance=rebalance, **kw)
+    fit(fn, x, y, sampler=starts[:64], **common)   # compile on every rank (16 lanes each)
     get_comm().barrier()
     t0 = time.perf_counter()
-    r = fit(model, x, y, sampler=starts, checkpoint_dir=ckpt, resume=False, **common)
+    r = fit(fn, x, y, sampler=starts, checkpoint_dir=ckpt, resume=False, **common)
     elapsed = time.perf_counter() - t0
     if nlsq_mpi.is_root():
         print(json.dumps({"ranks": nlsq_mpi.size(), "seconds": elapsed, "best": r.best_start,
