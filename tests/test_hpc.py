@@ -87,3 +87,10 @@ def test_help_and_detect():
     assert d.returncode == 0
     assert re.search(r"launcher\s+openmpi", d.stdout) and re.search(r"size\s+2", d.stdout)
     assert re.search(r"local_size\s+2", d.stdout) and d.stdout.count("launcher") == 1
+
+
+def test_gpu_check_script_runs_on_cpu():
+    p = mpirun(2, "-m", "nlsq_mpi", str(ROOT / "scripts" / "gpu_check.py"), "--starts", "40",
+               timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "rank 1/2 local 1/2" in p.stdout and "40 starts on 2 rank(s)" in p.stdout
