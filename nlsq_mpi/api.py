@@ -93,6 +93,9 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
                 log.info("resuming from %s (round %d, %d/%d starts done, written by %d ranks)",
                          snap.path, snap.round, int(np.sum(snap.table["status"] != EMPTY)),
                          len(snap.table["cost"]), snap.ranks)
+    devices = jax.local_devices()
+    if len(devices) > 1:   # a rank that sees several devices splits its lanes over them
+        width = -(-width // len(devices)) * len(devices)
     stop = StopControl(walltime) if workflow == "hpc" else None
     with stop or contextlib.nullcontext(), (ckpt.flushing() if ckpt else contextlib.nullcontext()):
         table = run_starts(
@@ -101,7 +104,7 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
             progress_seconds=progress_seconds if workflow == "hpc" else float("inf"),
             checkpoint=CheckpointHook(ckpt, width, checkpoint_seconds, stop) if ckpt else None,
             resume=snapshot_resume(snap) if resume_from else None,
-            stop=stop)
+            stop=stop, devices=devices)
     result = assemble_result(solver, problem, table, workflow, absolute_sigma, resume_from)
     if ckpt is not None:
         result.checkpoint = ckpt.stats()

@@ -94,3 +94,18 @@ def test_gpu_check_script_runs_on_cpu():
                timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "rank 1/2 local 1/2" in p.stdout and "40 starts on 2 rank(s)" in p.stdout
+
+
+def test_rank_with_several_devices_splits_its_lanes(tmp_path):
+    """Two (forced) host devices stand in for a rank that sees two GPUs."""
+    out1, out2 = tmp_path / "one.npz", tmp_path / "two.npz"
+    job = str(JOBS / "seed_job.py")
+    one = run([sys.executable, "-m", "nlsq_mpi", job, str(out1), "24"], timeout=300)
+    two = run([sys.executable, "-m", "nlsq_mpi", job, str(out2), "24"], timeout=300,
+              env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    assert "lanes split over 2 local devices" in two.stdout
+    assert "lanes split" not in one.stdout
+    a, b = _load(out1), _load(out2)
+    assert int(a["best_start"]) == int(b["best_start"])
+    np.testing.assert_allclose(a["popt"], b["popt"], rtol=1e-8)

@@ -8,6 +8,8 @@ explicit placement used when the script had initialised JAX first.
 """
 import os
 
+import numpy as np
+
 from .detect import from_environment
 
 
@@ -48,6 +50,16 @@ def bind_before_jax(environ=os.environ):
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             environ.setdefault(var, str(threads))
     return f"local rank {info.local_rank} of {info.local_size}: CPU, {threads} thread(s)"
+
+
+def lane_sharding(devices):
+    """(problem placement, state placement) that split the lane axis of a batch over several
+    local devices (a rank that sees several GPUs), or (None, None) for a single device."""
+    if len(devices) < 2:
+        return None, None
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    mesh = Mesh(np.array(devices), ("lanes",))
+    return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("lanes"))
 
 
 def local_device(local_rank):

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..checkpoint import in_flight
 from ..result import StartsTable
+from .devices import lane_sharding
 from ..solver import RUNNING, EMPTY, SolverState, empty_state, init_state
 
 log = logging.getLogger("nlsq_mpi")
@@ -105,7 +106,8 @@ class Resume:
 
 
 def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scale_inv,
-               rebalance=True, progress_seconds=5.0, checkpoint=None, resume=None, stop=None):
+               rebalance=True, progress_seconds=5.0, checkpoint=None, resume=None, stop=None,
+               devices=()):
     """All starts x0 (n_starts, n) over the ranks of ``comm``; returns the per-start table,
     identical on every rank.
 
@@ -114,10 +116,19 @@ def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scal
     starts form one replicated queue, cut in rank order by free lanes, so no rank idles while
     starts are pending; without it, start i belongs to rank i % size. ``stop`` answers
     whether this rank must stop; a stop writes a checkpoint and raises Preempted.
-    ``checkpoint`` (a CheckpointHook) writes when rank 0 says it is due, on a stop and at
+    With several local ``devices`` the lanes of each batch are split over them (the batch
+    width must be a multiple of their number). ``checkpoint`` (a CheckpointHook) writes when rank 0 says it is due, on a stop and at
     the end, from the in-flight states gathered in the same collective.
     """
     n_starts, n_params = x0.shape
+    problem_placement, state_placement = lane_sharding(list(devices))
+    if problem_placement is not None:
+        problem = jax.device_put(problem, problem_placement)
+        place = lambda st: jax.device_put(st, state_placement)   # noqa: E731
+        if comm.rank == 0:
+            log.info("lanes split over %d local devices", len(devices))
+    else:
+        place = lambda st: st   # noqa: E731
     if resume is None:
         table = StartsTable.empty(n_starts, n_params)
         table.x0[:] = x0
@@ -141,7 +152,7 @@ def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scal
         else:
             batch, own_queue = fill_lanes(batch, own_queue, table.x0, lb, ub, x_scale_inv, saved)
         if (batch.start_of_lane >= 0).any():
-            state = advance(problem, batch.state, interval)
+            state = advance(problem, place(batch.state), interval)
             batch = Batch(jax.tree.map(np.asarray, state), batch.start_of_lane)
         round_ += 1
         steps += interval
