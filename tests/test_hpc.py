@@ -107,5 +107,8 @@ def test_rank_with_several_devices_splits_its_lanes(tmp_path):
     assert "lanes split over 2 local devices" in two.stdout
     assert "lanes split" not in one.stdout
     a, b = _load(out1), _load(out2)
-    assert int(a["best_start"]) == int(b["best_start"])
-    np.testing.assert_allclose(a["popt"], b["popt"], rtol=1e-8)
+    # Split lanes run at a narrower width per device, so the last bits may differ and two
+    # starts that reach the same minimum can swap places: compare the fit, not the index.
+    assert float(b["cost"]) == pytest.approx(float(a["cost"]), rel=1e-10)
+    np.testing.assert_allclose(a["popt"], b["popt"], rtol=1e-6)
+    assert np.all(b["starts_status"] > 0)
