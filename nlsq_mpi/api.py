@@ -56,15 +56,16 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
     workflow="hpc" spreads the starts over the MPI ranks (each rank keeps ``batch_size``
     lanes busy, refilled every ``checkpoint_interval`` steps, with pending starts
     rebalanced across ranks); every rank returns the same result. Rank 0 logs progress at
-    most every ``progress_seconds`` and a summary at the end. With ``checkpoint_dir`` it
-    writes a checkpoint every interval (and every ``checkpoint_seconds`` if given, checked at
+    most every ``progress_seconds`` and a summary at the end. With ``checkpoint_dir`` (any
+    workflow; all ranks together with "hpc") it writes a checkpoint every interval (and every ``checkpoint_seconds`` if given, checked at
     interval ends), resumes from the newest valid one unless ``resume=False``, stops cleanly
     on SIGTERM/SIGUSR1 or before ``walltime`` (seconds or "HH:MM:SS"; SLURM_JOB_END_TIME
     too) with exit status 75, and stores the final result as checkpoint_dir/result.h5;
     ``keep_checkpoints=False`` then removes the generations.
     """
     c = check(model, xdata, ydata, p0, sigma, bounds, workflow, n_starts, sampler, loss, f_scale,
-              x_scale, ftol, xtol, gtol, max_nfev, check_finite, checkpoint_interval, batch_size)
+              x_scale, ftol, xtol, gtol, max_nfev, check_finite, checkpoint_interval, batch_size,
+              walltime, checkpoint_seconds)
     x0 = starts_mod.start_points(c.sampler, seed, c.lb, c.ub, np.arange(c.n_starts), c.n_starts, c.p0) \
         if workflow != "local" else c.p0[None, :]
     check_model_output(model, c.xdata, c.y_shape, x0[0])
@@ -76,34 +77,26 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
     width = batch_size or default_batch_width(c.ydata.size, c.n)
 
     comm = get_comm() if workflow == "hpc" else SerialComm()
-    ckpt = resume_from = None
     if workflow == "hpc":
         ensure_log_handler()
-    if workflow == "hpc" and checkpoint_dir is not None:
-        parts = problem_fingerprint(model, jac, c, x0, loss, f_scale, x_scale, ftol, xtol, gtol,
-                                    max_nfev, seed)
-        ckpt = Checkpointer(comm, checkpoint_dir, parts, log)
-        snap = ckpt.load_latest() if resume else None
-        if snap is None and not resume:
-            ckpt.clear()
+    ckpt = snap = None
+    if checkpoint_dir is not None:
+        ckpt, snap = open_checkpoint(comm, checkpoint_dir, resume, problem_fingerprint(
+            model, jac, c, x0, loss, f_scale, x_scale, ftol, xtol, gtol, max_nfev, seed))
         if snap is not None:
-            resume_from = snap.path
             width = batch_size or snap.lane_width
-            if comm.rank == 0:
-                log.info("resuming from %s (round %d, %d/%d starts done, written by %d ranks)",
-                         snap.path, snap.round, int(np.sum(snap.table["status"] != EMPTY)),
-                         len(snap.table["cost"]), snap.ranks)
+    resume_from = snap.path if snap is not None else None
     devices = jax.local_devices()
     if len(devices) > 1:   # a rank that sees several devices splits its lanes over them
         width = -(-width // len(devices)) * len(devices)
-    stop = StopControl(walltime) if workflow == "hpc" else None
+    stop = StopControl(walltime) if workflow == "hpc" or ckpt else None
     with stop or contextlib.nullcontext(), (ckpt.flushing() if ckpt else contextlib.nullcontext()):
         table = run_starts(
             comm, solver.advance, problem, x0, width, checkpoint_interval, c.lb, c.ub,
             c.x_scale_inv, rebalance=rebalance,
             progress_seconds=progress_seconds if workflow == "hpc" else float("inf"),
             checkpoint=CheckpointHook(ckpt, width, checkpoint_seconds, stop) if ckpt else None,
-            resume=snapshot_resume(snap) if resume_from else None,
+            resume=snapshot_resume(snap) if snap is not None else None,
             stop=stop, devices=devices)
     result = assemble_result(solver, problem, table, workflow, absolute_sigma, resume_from)
     if ckpt is not None:
@@ -114,6 +107,19 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
     if workflow == "hpc" and comm.rank == 0:
         log.info("%s", result.summary())
     return result
+
+
+def open_checkpoint(comm, checkpoint_dir, resume, parts):
+    """(Checkpointer, newest valid Snapshot or None) for checkpoint_dir; resume=False clears it."""
+    ckpt = Checkpointer(comm, checkpoint_dir, parts, log)
+    snap = ckpt.load_latest() if resume else None
+    if not resume:
+        ckpt.clear()
+    if snap is not None and comm.rank == 0:
+        log.info("resuming from %s (round %d, %d/%d starts done, written by %d ranks)",
+                 snap.path, snap.round, int(np.sum(snap.table["status"] != EMPTY)),
+                 len(snap.table["cost"]), snap.ranks)
+    return ckpt, snap
 
 
 def problem_fingerprint(model, jac, c, x0, loss, f_scale, x_scale, ftol, xtol, gtol, max_nfev, seed):

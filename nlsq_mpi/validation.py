@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .errors import InputError, ModelError
+from .preemption import parse_walltime
 from .solver import LOSSES
 from .starts import SAMPLERS
 
@@ -79,7 +80,8 @@ def _positive_int(name, value, allow_none=False):
 
 
 def check(model, xdata, ydata, p0, sigma, bounds, workflow, n_starts, sampler, loss, f_scale,
-          x_scale, ftol, xtol, gtol, max_nfev, check_finite, checkpoint_interval, batch_size=None):
+          x_scale, ftol, xtol, gtol, max_nfev, check_finite, checkpoint_interval, batch_size=None,
+          walltime=None, checkpoint_seconds=None):
     if not callable(model):
         raise InputError(f"model: must be callable as model(x, *params), got {type(model).__name__}")
     if workflow not in WORKFLOWS:
@@ -215,6 +217,14 @@ def check(model, xdata, ydata, p0, sigma, bounds, workflow, n_starts, sampler, l
     _positive_int("max_nfev", max_nfev, allow_none=True)
     _positive_int("checkpoint_interval", checkpoint_interval)
     _positive_int("batch_size", batch_size, allow_none=True)
+    if checkpoint_seconds is not None and not (np.isfinite(checkpoint_seconds) and checkpoint_seconds > 0):
+        raise InputError(f"checkpoint_seconds: must be None or a positive number, got {checkpoint_seconds!r}")
+    try:
+        wall = parse_walltime(walltime)
+    except (TypeError, ValueError):
+        wall = -1
+    if wall is not None and not wall > 0:
+        raise InputError(f"walltime: must be positive seconds or 'HH:MM:SS', got {walltime!r}")
 
     return Checked(xdata, y, y_shape, sig, sigma_kind, lb, ub, p0, n, x_scale_inv, jac_scale,
                    sampler, int(n_starts))

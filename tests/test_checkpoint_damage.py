@@ -86,3 +86,13 @@ def test_finished_run_resumes_to_the_same_result(finished):
     r = _fit(ckpt)
     assert r.resumed_from == gens[0]
     np.testing.assert_array_equal(r.popt, ref.popt)
+
+
+def test_auto_global_checkpoints_and_resumes_too(tmp_path):
+    x, y, s = seed_data()
+    kw = dict(KW, workflow="auto_global")
+    first = fit(seed_model, x, y, sigma=s, checkpoint_dir=tmp_path, **kw)
+    assert generations(tmp_path) and first.checkpoint["writes"] > 0
+    again = fit(seed_model, x, y, sigma=s, checkpoint_dir=tmp_path, **kw)
+    assert again.resumed_from == generations(tmp_path)[1]   # the final generation of run 1
+    np.testing.assert_array_equal(again.starts.x, first.starts.x)

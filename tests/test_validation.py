@@ -39,6 +39,10 @@ def line(x, a, b):
     (dict(f_scale=0), "f_scale"),
     (dict(max_nfev=0), "max_nfev"),
     (dict(checkpoint_interval=0), "checkpoint_interval"),
+    (dict(walltime="soon"), "walltime: must be positive seconds or 'HH:MM:SS', got 'soon'"),
+    (dict(walltime=0), "walltime"),
+    (dict(checkpoint_seconds=-1), "checkpoint_seconds"),
+    (dict(batch_size=0), "batch_size"),
 ])
 def test_bad_input_raises_named_error(kwargs, match):
     args = dict(model=seed_model, xdata=X, ydata=Y, p0=P0)
