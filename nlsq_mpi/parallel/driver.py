@@ -117,8 +117,9 @@ def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scal
     starts are pending; without it, start i belongs to rank i % size. ``stop`` answers
     whether this rank must stop; a stop writes a checkpoint and raises Preempted.
     With several local ``devices`` the lanes of each batch are split over them (the batch
-    width must be a multiple of their number). ``checkpoint`` (a CheckpointHook) writes when rank 0 says it is due, on a stop and at
-    the end, from the in-flight states gathered in the same collective.
+    width must be a multiple of their number). ``checkpoint`` (a CheckpointHook) writes when
+    rank 0 says it is due, on a stop and at the end, from the in-flight states gathered in
+    the same collective.
     """
     n_starts, n_params = x0.shape
     problem_placement, state_placement = lane_sharding(list(devices))
@@ -141,7 +142,7 @@ def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scal
     shared_queue = pending if rebalance else []
     own_queue = [] if rebalance else [i for i in pending if i % comm.size == comm.rank]
     frees = [batch_width] * comm.size
-    done = n_starts - len(unfinished)
+    done = done_before = n_starts - len(unfinished)
     t0, last_log = time.perf_counter(), -float("inf")
     while True:
         if rebalance:
@@ -173,7 +174,7 @@ def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scal
         now = time.perf_counter()
         if comm.rank == 0 and (now - last_log >= progress_seconds or remaining == 0 or stopping):
             last_log = now
-            log.info(progress_line(done, n_starts, table, now - t0))
+            log.info(progress_line(done, n_starts, table, now - t0, done_before))
         if stopping:
             if comm.rank == 0:
                 log.warning("stop requested: %s; exiting with status %d so the job can be "
@@ -184,9 +185,10 @@ def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scal
             return table
 
 
-def progress_line(done, total, table, elapsed):
+def progress_line(done, total, table, elapsed, done_before=0):
+    """Rank 0's progress log line; the rate counts the starts finished by this run."""
     best = table.best()
-    rate = done / elapsed if elapsed > 0 else 0.0
+    rate = (done - done_before) / elapsed if elapsed > 0 else 0.0
     eta = (total - done) / rate if rate > 0 else float("inf")
     best_txt = f"{table.cost[best]:.8g} (start {best})" if best is not None else "none yet"
     return (f"starts {done}/{total}  best cost {best_txt}  {rate:.1f} starts/s  "
