@@ -14,6 +14,7 @@ from .covariance import covariance
 from .errors import ModelError
 from .parallel.comm import SerialComm, get_comm
 from .checkpoint import CheckpointHook, Checkpointer, fingerprint_parts
+from .parallel.devices import compute_devices
 from .parallel.driver import Resume, run_starts
 from .preemption import StopControl
 from .result import FitResult, StartsTable
@@ -86,7 +87,7 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
         if snap is not None:
             width = batch_size or snap.lane_width
     resume_from = snap.path if snap is not None else None
-    devices = jax.local_devices()
+    devices = compute_devices(*comm.local_split())
     if len(devices) > 1:   # a rank that sees several devices splits its lanes over them
         width = -(-width // len(devices)) * len(devices)
     stop = StopControl(walltime) if workflow == "hpc" or ckpt else None

@@ -62,3 +62,23 @@ def test_cpu_ranks_share_the_cores():
            "OMPI_COMM_WORLD_LOCAL_SIZE": "64", "CUDA_VISIBLE_DEVICES": ""}
     line = bind_before_jax(env)
     assert "1 thread" in line and "--xla_cpu_multi_thread_eigen=false" in env["XLA_FLAGS"]
+
+
+class _FakeGPU:
+    platform = "gpu"
+
+    def __init__(self, i):
+        self.id = i
+
+
+@pytest.mark.parametrize("local_rank, local_size, gpus, expect", [
+    (1, 4, 4, [1]),          # JAX initialised before binding: every rank sees all 4 GPUs
+    (1, 2, 4, [2, 3]),       # two ranks share four GPUs: two each, lanes split over them
+    (0, 1, 2, [0, 1]),       # one rank, two GPUs: both
+    (3, 4, 1, [0]),          # already bound: the one visible GPU
+])
+def test_explicit_device_choice(monkeypatch, local_rank, local_size, gpus, expect):
+    import jax
+    from nlsq_mpi.parallel.devices import compute_devices
+    monkeypatch.setattr(jax, "local_devices", lambda: [_FakeGPU(i) for i in range(gpus)])
+    assert [d.id for d in compute_devices(local_rank, local_size)] == expect

@@ -3,8 +3,9 @@
 ``bind_before_jax`` runs before JAX initialises its backends (the runner calls it before the
 job script starts; importing nlsq_mpi calls it too): it narrows CUDA_VISIBLE_DEVICES to one
 GPU, local rank modulo the GPUs this rank may see (honouring a list the scheduler set), and
-on CPU gives each of the node's ranks cores // ranks threads. ``local_device`` is the
-explicit placement used when the script had initialised JAX first.
+on CPU gives each of the node's ranks cores // ranks threads. ``compute_devices`` is the
+explicit placement used when the script had initialised JAX first; ``lane_placement`` puts a
+batch on this rank's device(s).
 """
 import os
 
@@ -52,18 +53,28 @@ def bind_before_jax(environ=os.environ):
     return f"local rank {info.local_rank} of {info.local_size}: CPU, {threads} thread(s)"
 
 
-def lane_sharding(devices):
-    """(problem placement, state placement) that split the lane axis of a batch over several
-    local devices (a rank that sees several GPUs), or (None, None) for a single device."""
-    if len(devices) < 2:
-        return None, None
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+def compute_devices(local_rank, local_size):
+    """The devices this rank's lanes run on.
+
+    Normally every local device JAX sees (one GPU after binding; several when the scheduler
+    gave this rank several). When the script had initialised JAX before nlsq_mpi could bind,
+    every rank on the node sees all of the node's GPUs: then each rank takes one explicitly,
+    local rank modulo their number."""
+    import jax
+    devices = jax.local_devices()
+    gpus = [d for d in devices if d.platform == "gpu"]
+    if local_size > 1 and len(gpus) > 1 and len(gpus) >= local_size:
+        share = len(gpus) // local_size
+        return gpus[local_rank * share:(local_rank + 1) * share]
+    return devices
+
+
+def lane_placement(devices):
+    """(problem placement, state placement) for the batch: the lane axis split over several
+    devices (a rank that sees several GPUs), or everything on the one device."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
+    if len(devices) == 1:
+        single = SingleDeviceSharding(devices[0])
+        return single, single
     mesh = Mesh(np.array(devices), ("lanes",))
     return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("lanes"))
-
-
-def local_device(local_rank):
-    """The accelerator this rank should use when JAX was initialised before binding."""
-    import jax
-    gpus = [d for d in jax.devices() if d.platform == "gpu"]
-    return gpus[local_rank % len(gpus)] if gpus else None

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..checkpoint import in_flight
 from ..result import StartsTable
-from .devices import lane_sharding
+from .devices import lane_placement
 from ..solver import RUNNING, EMPTY, SolverState, empty_state, init_state
 
 log = logging.getLogger("nlsq_mpi")
@@ -107,7 +107,7 @@ class Resume:
 
 def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scale_inv,
                rebalance=True, progress_seconds=5.0, checkpoint=None, resume=None, stop=None,
-               devices=()):
+               devices=None):
     """All starts x0 (n_starts, n) over the ranks of ``comm``; returns the per-start table,
     identical on every rank.
 
@@ -122,14 +122,12 @@ def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scal
     the same collective.
     """
     n_starts, n_params = x0.shape
-    problem_placement, state_placement = lane_sharding(list(devices))
-    if problem_placement is not None:
-        problem = jax.device_put(problem, problem_placement)
-        place = lambda st: jax.device_put(st, state_placement)   # noqa: E731
-        if comm.rank == 0:
-            log.info("lanes split over %d local devices", len(devices))
-    else:
-        place = lambda st: st   # noqa: E731
+    devices = devices or jax.local_devices()[:1]
+    problem_placement, state_placement = lane_placement(list(devices))
+    problem = jax.device_put(problem, problem_placement)
+    place = lambda st: jax.device_put(st, state_placement)   # noqa: E731
+    if len(devices) > 1 and comm.rank == 0:
+        log.info("lanes split over %d local devices", len(devices))
     if resume is None:
         table = StartsTable.empty(n_starts, n_params)
         table.x0[:] = x0
