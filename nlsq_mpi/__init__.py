@@ -12,7 +12,7 @@ if not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir",
                       os.environ.get("NLSQ_MPI_JAX_CACHE",
                                      os.path.join(os.path.expanduser("~"), ".cache", "nlsq_mpi", "jax")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 from .api import fit  # noqa: E402
 from .covariance import CovarianceWarning  # noqa: E402

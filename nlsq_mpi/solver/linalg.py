@@ -63,25 +63,31 @@ def intersect_trust_region(x, s, Delta):
     return jnp.minimum(t1, t2), jnp.maximum(t1, t2)
 
 
-def householder_r(At):
+def householder_r(At, reflections):
     """The triangular factor R (N x N) of A = At.T (M x N, M >= N) by Householder reflections
-    (Golub & Van Loan, Matrix Computations, alg. 5.2.1), unrolled over the N columns.
+    (Golub & Van Loan, Matrix Computations, alg. 5.2.1), unrolled over the first
+    ``reflections`` columns; columns after those are only transformed, which is all the
+    TRF subproblem needs of its last column Q^T f.
 
     Written in jax.numpy on A^T, whose rows are contiguous, rather than calling LAPACK's
     geqrf: XLA fuses the Jacobian computation into the column-major copy that geqrf needs,
-    which measured 10x slower than the factorisation itself. Signs of R's rows may differ
-    from LAPACK's; R^T R = A^T A either way."""
+    which measured 10x slower than the factorisation itself. Each reflection updates only
+    the columns not yet finished, and builds v without an indexed update (which XLA copies).
+    Signs of R's rows may differ from LAPACK's; R^T R = A^T A either way."""
     N, M = At.shape
     cols = jnp.arange(M)
-    for k in range(N):
-        col = jnp.where(cols >= k, At[k], 0.0)
+    finished = []
+    for k in range(reflections):
+        col = jnp.where(cols >= k, At[0], 0.0)
         alpha = jnp.sqrt(jnp.sum(col * col))
-        alpha = jnp.where(At[k, k] > 0, -alpha, alpha)
-        v = col.at[k].add(-alpha)
+        alpha = jnp.where(At[0, k] > 0, -alpha, alpha)
+        v = col - jnp.where(cols == k, alpha, 0.0)
         vv = jnp.sum(v * v)
         beta = jnp.where(vv > 0, 2.0 / jnp.where(vv > 0, vv, 1.0), 0.0)
         At = At - (beta * (At @ v))[:, None] * v[None, :]
-    return jnp.triu(At[:, :N].T)
+        finished.append(At[0])
+        At = At[1:]
+    return jnp.triu(jnp.concatenate([jnp.stack(finished), At])[:, :N].T)
 
 
 def quadratic_value(R, g, s):

@@ -169,7 +169,7 @@ def make_step(model: Callable, jac: Callable | None, opts: Options):
         # The augmented matrix is built transposed, (n+1, m+n), one contiguous row per column.
         left = jnp.concatenate([Jt * d[:, None], f[None, :]], axis=0)
         right = jnp.concatenate([jnp.diag(diag_h**0.5), jnp.zeros((1, n))], axis=0)
-        R_full = linalg.householder_r(jnp.concatenate([left, right], axis=1))
+        R_full = linalg.householder_r(jnp.concatenate([left, right], axis=1), n)
         R, qf = R_full[:n, :n], R_full[:n, n]
         Ur, s, Vt = jnp.linalg.svd(R)
         uf = Ur.T @ qf
