@@ -1,23 +1,21 @@
 """Checkpoints: a versioned HDF5 schema, collective atomic writes, validated generations.
 
-Schema (version 1), one file per generation ``gen-<round>.h5`` in checkpoint_dir:
+Schema (version 2), one file per generation ``gen-<round>.h5`` in checkpoint_dir:
 
   attrs        schema_version, fingerprint (sha256 of the problem), checksum (sha256 over
-               every dataset), round, and meta: JSON with fingerprint_parts (one hash per
+               both tables), round, and meta: JSON with fingerprint_parts (one hash per
                part: model, xdata, ydata, bounds, ... so a mismatch names what differs),
                steps (solver steps per start so far), n_starts, n_params, lane_width, ranks,
-               created (epoch s), versions, best_start (-1: none), best_cost, columns
+               created (epoch s), versions, best_start (-1: none), best_cost
+  table        (n_starts,) compound, one record per start: x0 (n), x (n), cost (inf: failed
+               or not finished), status, nit, nfev
+  state        (k,) compound, one record per unfinished start: start, and its complete
+               solver state x (n), scale_inv (n), cost, Delta, alpha, optimality, nfev, njev,
+               nit, status, pending, accepted, fresh
   best_x       (n,)            the best parameters so far
-  table/x0     (n_starts, n)   the per-start table: start points,
-  table/x      (n_starts, n)   final points,
-  table/cost   (n_starts,)     costs (inf: failed or not finished),
-  table/counts (n_starts, 3)   int32 columns status, nit, nfev
-  state/x, state/scale_inv (k, n), state/real (k, 4) float64 columns cost, Delta, alpha,
-  optimality, state/int (k, 8) int64 columns start, nfev, njev, nit, status, pending,
-  accepted, fresh: the complete solver state of each of the k unfinished starts.
 
-Few, packed datasets and attributes keep a write at a few milliseconds (each HDF5 object
-costs ~0.1-0.2 ms).
+Two compound datasets (named fields: h5py and h5dump show them as records) keep a write to
+a few HDF5 objects, each of which costs ~0.1-0.2 ms.
 
 Writes are atomic: the temporary name (from a run id chosen on rank 0 and broadcast once) is
 opened by every rank (h5py's mpio driver when h5py has MPI support, each rank writing the
@@ -43,12 +41,8 @@ import numpy as np
 from .errors import NlsqError
 from .solver import SolverState
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATE_FIELDS = SolverState._fields
-TABLE_COUNTS = ("status", "nit", "nfev")
-STATE_REAL = ("cost", "Delta", "alpha", "optimality")
-STATE_INT = ("start", "nfev", "njev", "nit", "status", "pending", "accepted", "fresh")
-STATE_VECTORS = ("x", "scale_inv")
 
 
 class CheckpointMismatch(NlsqError, ValueError):
@@ -114,26 +108,37 @@ def _versions():
             "h5py": h5py.__version__}
 
 
+def table_dtype(n):
+    """One record of the per-start table (n parameters)."""
+    return np.dtype([("x0", "f8", (n,)), ("x", "f8", (n,)), ("cost", "f8"),
+                     ("status", "i4"), ("nit", "i4"), ("nfev", "i4")])
+
+
+def state_dtype(n):
+    """One record per unfinished start: its index and every SolverState field."""
+    vector = {"x", "scale_inv"}
+    real = {"cost", "Delta", "alpha", "optimality"}
+    flags = {"accepted", "fresh"}
+    return np.dtype([("start", "i8")] + [
+        (f, "f8", (n,)) if f in vector else (f, "f8") if f in real else (f, "?") if f in flags
+        else (f, "i4") for f in STATE_FIELDS])
+
+
 def pack(table, states):
-    """Schema datasets (name -> array) from the table and state dicts."""
-    return {"table/x0": np.asarray(table["x0"], float), "table/x": np.asarray(table["x"], float),
-            "table/cost": np.asarray(table["cost"], float),
-            "table/counts": np.stack([np.asarray(table[k], np.int32) for k in TABLE_COUNTS], axis=-1),
-            **{f"state/{k}": np.asarray(states[k], float) for k in STATE_VECTORS},
-            "state/real": np.stack([np.asarray(states[k], float) for k in STATE_REAL], axis=-1),
-            "state/int": np.stack([np.asarray(states[k]).astype(np.int64) for k in STATE_INT], axis=-1)}
+    """The schema's two compound datasets from the table and state dicts."""
+    n = np.shape(table["x0"])[1]
+    records = {"table": np.empty(len(table["cost"]), table_dtype(n)),
+               "state": np.empty(len(states["start"]), state_dtype(n))}
+    for name, source in (("table", table), ("state", states)):
+        for field in records[name].dtype.names:
+            records[name][field] = source[field]
+    return records
 
 
 def unpack(data):
-    """(table, states) dicts from the schema datasets."""
-    table = {"x0": data["table/x0"], "x": data["table/x"], "cost": data["table/cost"],
-             **{k: data["table/counts"][:, i] for i, k in enumerate(TABLE_COUNTS)}}
-    states = {k: data[f"state/{k}"] for k in STATE_VECTORS}
-    states.update({k: data["state/real"][:, i] for i, k in enumerate(STATE_REAL)})
-    for i, k in enumerate(STATE_INT):
-        col = data["state/int"][:, i]
-        states[k] = col if k == "start" else col.astype(bool if k in ("accepted", "fresh") else np.int32)
-    return table, states
+    """(table, states) dicts of plain arrays from the schema's compound datasets."""
+    return tuple({f: np.ascontiguousarray(data[name][f]) for f in data[name].dtype.names}
+                 for name in ("table", "state"))
 
 
 def generations(directory):
@@ -184,9 +189,7 @@ class Checkpointer:
                 "n_starts": len(snap.table["cost"]), "n_params": snap.table["x0"].shape[1],
                 "lane_width": snap.lane_width, "ranks": snap.ranks, "created": time.time(),
                 "versions": _versions(), "best_start": best,
-                "best_cost": float(snap.table["cost"][best]) if best >= 0 else None,
-                "columns": {"table/counts": TABLE_COUNTS, "state/real": STATE_REAL,
-                            "state/int": STATE_INT}}
+                "best_cost": float(snap.table["cost"][best]) if best >= 0 else None}
         attrs = {"schema_version": SCHEMA_VERSION, "fingerprint": self.fingerprint,
                  "checksum": _checksum(data), "round": snap.round, "meta": json.dumps(meta)}
         best_x = snap.table["x"][best] if best >= 0 else np.full(snap.table["x"].shape[1], np.nan)
@@ -195,18 +198,17 @@ class Checkpointer:
             from mpi4py import MPI
             with self.h5py.File(tmp, "w", driver="mpio", comm=MPI.COMM_WORLD) as fh:
                 dsets = self._create(fh, data, attrs)
-                for k, d in dsets.items():
-                    if k.startswith("state/") and hi > lo:
-                        d[lo:hi] = data[k][lo:hi]      # this rank's own lanes
-                    elif not k.startswith("state/") and self.comm.rank == 0:
-                        d[...] = data[k]
+                if hi > lo:
+                    dsets["state"][lo:hi] = data["state"][lo:hi]   # this rank's own lanes
                 if self.comm.rank == 0:
-                    fh["best_x"][...] = best_x
+                    dsets["table"][...] = data["table"]
+                    dsets["best_x"][...] = best_x
         elif self.comm.rank == 0:
             with self.h5py.File(tmp, "w") as fh:
-                for k, d in self._create(fh, data, attrs).items():
-                    d[...] = data[k]
-                fh["best_x"][...] = best_x
+                dsets = self._create(fh, data, attrs)
+                for k, d in data.items():
+                    dsets[k][...] = d
+                dsets["best_x"][...] = best_x
         if os.environ.get("NLSQ_MPI_FAULT") == f"kill-before-rename:{snap.round}":
             os.kill(os.getpid(), 9)   # fault injection for the tests: die mid-write
         if self.comm.rank == 0:
@@ -239,7 +241,7 @@ class Checkpointer:
         """Create every attribute and dataset (collective: same calls on every rank)."""
         fh.attrs.update(attrs)
         dsets = {k: fh.create_dataset(k, shape=v.shape, dtype=v.dtype) for k, v in data.items()}
-        fh.create_dataset("best_x", shape=(data["table/x"].shape[1],), dtype="f8")
+        dsets["best_x"] = fh.create_dataset("best_x", shape=data["table"].dtype["x"].shape, dtype="f8")
         return dsets
 
     # -- reading ------------------------------------------------------------------------
@@ -346,7 +348,7 @@ def read_generation(path, h5py=None):
                 raise CheckpointCorrupt(f"schema_version {attrs.get('schema_version')!r}, "
                                         f"expected {SCHEMA_VERSION}")
             attrs["meta"] = json.loads(attrs["meta"])
-            data = {f"{g}/{k}": fh[g][k][...] for g in ("table", "state") for k in fh[g]}
+            data = {k: fh[k][...] for k in ("table", "state")}
     except CheckpointCorrupt:
         raise
     except Exception as exc:  # truncated or unreadable file: h5py raises several types

@@ -1,14 +1,17 @@
 """Damaged or foreign checkpoints, in one process: detected, reported, never overwritten."""
+import json
 import logging
 import os
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
 from conftest import SEED_BOUNDS, seed_data, seed_model
 from nlsq_mpi import fit
 from nlsq_mpi.checkpoint import CheckpointMismatch, generations
+from nlsq_mpi.solver import SolverState
 
 KW = dict(bounds=SEED_BOUNDS, workflow="hpc", n_starts=12, batch_size=4, checkpoint_interval=2,
           progress_seconds=1e9)
@@ -28,9 +31,10 @@ def finished(tmp_path):
 
 
 def _damage_bytes(path):
+    with h5py.File(path, "r") as fh:   # where the per-start table's raw data lies
+        offset = fh["table"].id.get_offset()
     data = bytearray(Path(path).read_bytes())
-    # flip bytes inside the stored arrays (the end of the file holds the raw data)
-    for i in range(len(data) - 400, len(data) - 200):
+    for i in range(offset + 100, offset + 300):   # flip bytes inside the stored records
         data[i] ^= 0xFF
     Path(path).write_bytes(bytes(data))
 
@@ -96,3 +100,18 @@ def test_auto_global_checkpoints_and_resumes_too(tmp_path):
     again = fit(seed_model, x, y, sigma=s, checkpoint_dir=tmp_path, **kw)
     assert again.resumed_from == generations(tmp_path)[1]   # the final generation of run 1
     np.testing.assert_array_equal(again.starts.x, first.starts.x)
+
+
+def test_schema_reads_with_plain_h5py(finished):
+    """The documented schema (nlsq_mpi/checkpoint.py, README) with nothing but h5py."""
+    _, ref, (newest, _) = finished
+    with h5py.File(newest, "r") as fh:
+        assert fh.attrs["schema_version"] == 2
+        meta = json.loads(fh.attrs["meta"])
+        table, state = fh["table"][...], fh["state"][...]
+        np.testing.assert_array_equal(table["x0"], ref.starts.x0)
+        np.testing.assert_array_equal(table["x"], ref.starts.x)     # the final generation
+        np.testing.assert_array_equal(table["nfev"], ref.starts.nfev)
+        assert meta["best_start"] == ref.best_start and meta["n_starts"] == 12
+        np.testing.assert_array_equal(fh["best_x"][...], ref.popt)
+        assert state.dtype.names[0] == "start" and set(SolverState._fields) <= set(state.dtype.names)
