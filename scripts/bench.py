@@ -132,13 +132,17 @@ def part3():
     with tempfile.TemporaryDirectory() as tmp:
         f = os.path.join(tmp, "uniform.npy")
         np.save(f, start_points("sobol", 0, *BOUNDS, np.arange(1000), 1000))
-        plain = [mpi_run(2, f)["seconds"] for _ in range(2)]
-        runs = [mpi_run(2, f, "--checkpoint", os.path.join(tmp, f"ckpt{i}")) for i in range(2)]
+        plain, runs = [], []
+        for i in range(3):   # interleaved, so a slow spell of the machine hits both
+            plain.append(mpi_run(2, f)["seconds"])
+            runs.append(mpi_run(2, f, "--checkpoint", os.path.join(tmp, f"ckpt{i}")))
         with_ckpt = [r["seconds"] for r in runs]
-        c = runs[-1]["checkpoint"]
-        print(f"no checkpoint {min(plain):.2f} s, with checkpoints {min(with_ckpt):.2f} s (best of 2 each): "
+        fastest = min(runs, key=lambda r: r["seconds"])
+        c = fastest["checkpoint"]
+        print(f"no checkpoint {min(plain):.2f} s, with checkpoints {min(with_ckpt):.2f} s (best of 3 each): "
               f"overhead {100 * (min(with_ckpt) / min(plain) - 1):.1f}% (target <= 5%)")
-        print(f"  {c['writes']} writes, {1e3 * c['write_seconds'] / max(1, c['writes']):.1f} ms per write, "
+        print(f"  {c['writes']} writes, {1e3 * c['write_seconds'] / max(1, c['writes']):.1f} ms per write "
+              f"({100 * c['write_seconds'] / fastest['seconds']:.1f}% of that run's wall time on rank 0), "
               f"last file {c['last_bytes'] / 1024:.0f} KiB")
 
 
