@@ -187,7 +187,7 @@ class Checkpointer:
         best = best_of(snap.table)
         meta = {"fingerprint_parts": self.parts, "steps": snap.steps,
                 "n_starts": len(snap.table["cost"]), "n_params": snap.table["x0"].shape[1],
-                "lane_width": snap.lane_width, "ranks": snap.ranks, "created": time.time(),
+                "lane_width": snap.lane_width, "ranks": snap.ranks, "created": snap.created,
                 "versions": _versions(), "best_start": best,
                 "best_cost": float(snap.table["cost"][best]) if best >= 0 else None}
         attrs = {"schema_version": SCHEMA_VERSION, "fingerprint": self.fingerprint,
@@ -320,10 +320,12 @@ class CheckpointHook:
     def wants_write(self):
         return self.every_seconds is None or time.monotonic() - self.last >= self.every_seconds
 
-    def write(self, round_, steps, table, parts, rank):
+    def write(self, round_, steps, table, parts, rank, created):
+        """``created`` is rank 0's clock, so every rank writes identical attributes."""
         states = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         lo = sum(len(p["start"]) for p in parts[:rank])
-        snap = Snapshot(round_, steps, table.as_dict(), states, self.lane_width, len(parts))
+        snap = Snapshot(round_, steps, table.as_dict(), states, self.lane_width, len(parts),
+                        created)
         self.ckpt.write(snap, (lo, lo + len(parts[rank]["start"])))
         if self.stop is not None:
             self.stop.write_seconds = max(self.stop.write_seconds, self.ckpt.last_write_seconds)

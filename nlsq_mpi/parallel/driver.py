@@ -160,15 +160,18 @@ def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scal
         want_stop = bool(stop is not None and stop())
         states = in_flight(batch) if checkpoint is not None else None
         due = checkpoint is not None and comm.rank == 0 and checkpoint.wants_write()
+        # Rank 0's clock travels too: a checkpoint's attributes must be identical on every
+        # rank (parallel HDF5 writes attributes collectively), so all stamp rank 0's time.
         gathered = comm.allgather((rows, int((batch.start_of_lane < 0).sum()), active,
-                                   len(own_queue), want_stop, states, due))
+                                   len(own_queue), want_stop, states, due, time.time()))
         for rows_r, *_ in gathered:
             done += apply_rows(table, rows_r)
         frees = [g[1] for g in gathered]
         remaining = sum(g[2] + g[3] for g in gathered) + len(shared_queue)
         stopping = any(g[4] for g in gathered) and remaining > 0
         if checkpoint is not None and (gathered[0][6] or stopping or remaining == 0):
-            checkpoint.write(round_, steps, table, [g[5] for g in gathered], comm.rank)
+            checkpoint.write(round_, steps, table, [g[5] for g in gathered], comm.rank,
+                             created=gathered[0][7])
         now = time.perf_counter()
         if comm.rank == 0 and (now - last_log >= progress_seconds or remaining == 0 or stopping):
             last_log = now
