@@ -82,3 +82,18 @@ def test_nan_start_is_marked_failed_and_fit_goes_on():
     assert list(r.starts.status[[0, 2]]) == [-4, -4]
     assert np.isinf(r.starts.cost[0])
     assert r.best_start == 1 and r.popt[0] == pytest.approx(2.0, rel=1e-6)
+
+
+def test_start_with_finite_residuals_but_infinite_jacobian_is_marked_failed():
+    """The solver tests g = J^T f for finiteness instead of every entry of J: a start where
+    only the Jacobian is infinite (d sqrt(b)/db at b=0) must still be caught."""
+    def sqrt_model(x, a, b):
+        return a * x + jnp.sqrt(b)
+    x = np.linspace(0, 1, 20)
+    y = 2 * x + 1
+    starts = np.array([[1.0, 0.0], [1.5, 0.5]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = fit(sqrt_model, x, y, sampler=starts, bounds=([-3, -1], [3, 3]), workflow="auto_global")
+    assert r.starts.status[0] == -4 and np.isinf(r.starts.cost[0])
+    assert r.best_start == 1 and r.popt == pytest.approx([2.0, 1.0], rel=1e-6)

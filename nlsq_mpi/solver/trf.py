@@ -133,10 +133,15 @@ def make_step(model: Callable, jac: Callable | None, opts: Options):
         n = st.x.shape[0]
         f_true, Jt = residual_and_jacobian_t(problem, st.x)
         m = f_true.shape[0]
-        finite = jnp.all(jnp.isfinite(f_true)) & jnp.all(jnp.isfinite(Jt))
         cost = jnp.where(st.fresh, loss_cost(opts.loss, f_true, problem.f_scale), st.cost)
         f, Jt = scale_for_loss(opts.loss, f_true, Jt, problem.f_scale)
         g = Jt @ f
+        # A non-finite entry of f or J always makes g = J^T f non-finite (inf*0 and NaN*x are
+        # NaN; a sum with an inf or NaN term is never finite), so the n entries of g stand for
+        # the m*(n+1) of f and J: XLA fused that test with another evaluation of the model
+        # and its Jacobian (one step 340 -> 276 us per lane at m=2,000). g also fails when
+        # J^T f overflows, which leaves nothing to step on either.
+        finite = jnp.all(jnp.isfinite(g))
 
         if opts.jac_scale:
             col_norms = jnp.sum(Jt**2, axis=1) ** 0.5
@@ -182,8 +187,11 @@ def make_step(model: Callable, jac: Callable | None, opts: Options):
         x_new = linalg.make_strictly_feasible(st.x + step_x, lb, ub, 0)
         f_new = residual(problem, x_new)
         step_h_norm = jnp.linalg.norm(step_h)
-        new_finite = jnp.all(jnp.isfinite(f_new))
         cost_new = loss_cost(opts.loss, f_new, problem.f_scale)
+        # As above, the sum stands for f_new's entries, except where rho is bounded (arctan).
+        new_finite = jnp.isfinite(cost_new)
+        if opts.loss == "arctan":
+            new_finite = new_finite & jnp.all(jnp.isfinite(f_new))
         reduction = cost - cost_new
         Delta_new, ratio = linalg.update_tr_radius(
             Delta, reduction, predicted, step_h_norm, step_h_norm > 0.95 * Delta)
