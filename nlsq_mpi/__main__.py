@@ -53,7 +53,7 @@ def inspect_dir(directory):
 
     import numpy as np
 
-    from .checkpoint import CheckpointCorrupt, generations, read_generation
+    from .checkpoint import CheckpointCorrupt, CheckpointVersionError, generations, read_generation
     paths = generations(directory)
     if not paths:
         print(f"{directory}: no checkpoint generations")
@@ -63,6 +63,9 @@ def inspect_dir(directory):
             snap, attrs = read_generation(path)
         except CheckpointCorrupt as exc:
             print(f"{path}: INVALID ({exc})")
+            continue
+        except CheckpointVersionError as exc:
+            print(f"{path}: OTHER VERSION ({exc})")
             continue
         t = snap.table
         done = int(np.sum(t["status"] != -5))

@@ -49,6 +49,11 @@ class CheckpointMismatch(NlsqError, ValueError):
     """The checkpoint in checkpoint_dir belongs to a different problem."""
 
 
+class CheckpointVersionError(CheckpointMismatch):
+    """The checkpoint was written with another schema version: kept as it is, never set aside
+    or overwritten, so the version that wrote it can still finish the job."""
+
+
 class CheckpointCorrupt(NlsqError):
     """A checkpoint file failed validation."""
 
@@ -340,18 +345,25 @@ def in_flight(batch):
 
 
 def read_generation(path, h5py=None):
-    """(Snapshot, attrs) of one generation file; CheckpointCorrupt when it does not validate."""
+    """(Snapshot, attrs) of one generation file; CheckpointCorrupt when it does not validate,
+    CheckpointVersionError when a valid file has another schema version."""
     if h5py is None:
         import h5py
     try:
         with h5py.File(path, "r") as fh:
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in fh.attrs.items()}
-            if attrs.get("schema_version") != SCHEMA_VERSION:
-                raise CheckpointCorrupt(f"schema_version {attrs.get('schema_version')!r}, "
-                                        f"expected {SCHEMA_VERSION}")
+            version = attrs.get("schema_version")
+            if isinstance(version, (int, np.integer)) and version != SCHEMA_VERSION:
+                raise CheckpointVersionError(
+                    f"checkpoint_dir: {path} has checkpoint schema version {version}; this "
+                    f"nlsq_mpi reads version {SCHEMA_VERSION}. Finish the job with the nlsq_mpi "
+                    "that wrote it, or start over with resume=False or a new checkpoint_dir; "
+                    "nothing was overwritten")
+            if version != SCHEMA_VERSION:
+                raise CheckpointCorrupt(f"schema_version {version!r}, expected {SCHEMA_VERSION}")
             attrs["meta"] = json.loads(attrs["meta"])
             data = {k: fh[k][...] for k in ("table", "state")}
-    except CheckpointCorrupt:
+    except (CheckpointCorrupt, CheckpointVersionError):
         raise
     except Exception as exc:  # truncated or unreadable file: h5py raises several types
         raise CheckpointCorrupt(f"{type(exc).__name__}: {exc}") from None

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import SEED_BOUNDS, seed_data, seed_model
 from nlsq_mpi import fit
-from nlsq_mpi.checkpoint import CheckpointMismatch, generations
+from nlsq_mpi.__main__ import inspect_dir
+from nlsq_mpi.checkpoint import CheckpointMismatch, CheckpointVersionError, generations
 from nlsq_mpi.solver import SolverState
 
 KW = dict(bounds=SEED_BOUNDS, workflow="hpc", n_starts=12, batch_size=4, checkpoint_interval=2,
@@ -115,3 +116,19 @@ def test_schema_reads_with_plain_h5py(finished):
         assert meta["best_start"] == ref.best_start and meta["n_starts"] == 12
         np.testing.assert_array_equal(fh["best_x"][...], ref.popt)
         assert state.dtype.names[0] == "start" and set(SolverState._fields) <= set(state.dtype.names)
+
+
+def test_other_schema_version_raises_and_sets_nothing_aside(finished, capsys):
+    """A checkpoint from another nlsq_mpi schema is not damage: the fit stops with a clear
+    error and the file stays where it is, for the version that wrote it."""
+    ckpt, _, gens = finished
+    with h5py.File(gens[0], "r+") as fh:
+        fh.attrs["schema_version"] = 1
+    before = {p: Path(p).read_bytes() for p in gens}
+    with pytest.raises(CheckpointVersionError, match=r"schema version 1; this nlsq_mpi reads "
+                       r"version 2.*nothing was overwritten"):
+        _fit(ckpt)
+    assert {p: Path(p).read_bytes() for p in gens} == before
+    assert not list(Path(ckpt).glob("*.damaged"))
+    assert inspect_dir(str(ckpt)) == 0
+    assert "OTHER VERSION" in capsys.readouterr().out
