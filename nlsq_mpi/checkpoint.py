@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import NlsqError
-from .solver import SolverState
+from .solver import SolverState, empty_state
 
 SCHEMA_VERSION = 2
 STATE_FIELDS = SolverState._fields
@@ -120,13 +120,10 @@ def table_dtype(n):
 
 
 def state_dtype(n):
-    """One record per unfinished start: its index and every SolverState field."""
-    vector = {"x", "scale_inv"}
-    real = {"cost", "Delta", "alpha", "optimality"}
-    flags = {"accepted", "fresh"}
-    return np.dtype([("start", "i8")] + [
-        (f, "f8", (n,)) if f in vector else (f, "f8") if f in real else (f, "?") if f in flags
-        else (f, "i4") for f in STATE_FIELDS])
+    """One record per unfinished start: its index and every SolverState field, with the
+    dtype and per-start shape the solver's host state uses (``empty_state``)."""
+    return np.dtype([("start", "i8")] + [(f, a.dtype, a.shape[1:])
+                                         for f, a in zip(STATE_FIELDS, empty_state(0, n))])
 
 
 def pack(table, states):
