@@ -25,9 +25,9 @@ log = logging.getLogger("nlsq_mpi")
 
 
 def default_batch_width(m, n):
-    """Lanes per jitted call, fixed for a problem whatever n_starts: XLA's code, and so the
-    last bits of each start's result, depend on the batch width, never on which starts
-    share the batch or which lane holds them.
+    """Lanes per jitted call (per device), fixed for a problem whatever n_starts: XLA's code,
+    and so the last bits of each start's result, may depend on the batch width, never on
+    which starts share the batch or which lane holds them.
 
     On CPU a lane costs the same at any width, so wider batches only amortise the fixed cost
     of a step and waste work on lanes that finished early: about 2e5 Jacobian entries per
@@ -87,13 +87,14 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
         if snap is not None:
             width = batch_size or snap.lane_width
     resume_from = snap.path if snap is not None else None
+    # A rank that sees several devices (GPUs, or host devices for its cores) gives each
+    # ``width`` lanes, using no more devices than its share of the starts fills.
     devices = compute_devices(*comm.local_split())
-    if len(devices) > 1:   # a rank that sees several devices splits its lanes over them
-        width = -(-width // len(devices)) * len(devices)
+    devices = devices[:max(1, min(len(devices), -(-c.n_starts // (comm.size * width))))]
     stop = StopControl(walltime) if workflow == "hpc" or ckpt else None
     with stop or contextlib.nullcontext(), (ckpt.flushing() if ckpt else contextlib.nullcontext()):
         table = run_starts(
-            comm, solver.advance, problem, x0, width, checkpoint_interval, c.lb, c.ub,
+            comm, solver.advance, problem, x0, width * len(devices), checkpoint_interval, c.lb, c.ub,
             c.x_scale_inv, rebalance=rebalance,
             progress_seconds=progress_seconds if workflow == "hpc" else float("inf"),
             checkpoint=CheckpointHook(ckpt, width, checkpoint_seconds, stop) if ckpt else None,

@@ -97,18 +97,18 @@ def test_gpu_check_script_runs_on_cpu():
 
 
 def test_rank_with_several_devices_splits_its_lanes(tmp_path):
-    """Two (forced) host devices stand in for a rank that sees two GPUs."""
+    """A rank's cores become host devices (two here); they stand in for a rank that sees two
+    GPUs too. Each device runs the same single-device program on its slice of the lanes, so
+    the per-start table is bitwise the one device's."""
     out1, out2 = tmp_path / "one.npz", tmp_path / "two.npz"
     job = str(JOBS / "seed_job.py")
-    one = run([sys.executable, "-m", "nlsq_mpi", job, str(out1), "24"], timeout=300)
+    one = run([sys.executable, "-m", "nlsq_mpi", job, str(out1), "24"], timeout=300,
+              env={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
     two = run([sys.executable, "-m", "nlsq_mpi", job, str(out2), "24"], timeout=300,
               env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
     assert "lanes split over 2 local devices" in two.stdout
     assert "lanes split" not in one.stdout
     a, b = _load(out1), _load(out2)
-    # Split lanes run at a narrower width per device, so the last bits may differ and two
-    # starts that reach the same minimum can swap places: compare the fit, not the index.
-    assert float(b["cost"]) == pytest.approx(float(a["cost"]), rel=1e-10)
-    np.testing.assert_allclose(a["popt"], b["popt"], rtol=1e-6)
-    assert np.all(b["starts_status"] > 0)
+    for key in ("popt", "starts_x", "starts_cost", "starts_status", "starts_nit", "starts_nfev"):
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..checkpoint import in_flight
 from ..result import StartsTable
-from .devices import lane_placement
+from .devices import LaneDevices
 from ..solver import RUNNING, EMPTY, SolverState, empty_state, init_state
 
 log = logging.getLogger("nlsq_mpi")
@@ -117,15 +117,13 @@ def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scal
     starts are pending; without it, start i belongs to rank i % size. ``stop`` answers
     whether this rank must stop; a stop writes a checkpoint and raises Preempted.
     With several local ``devices`` the lanes of each batch are split over them (the batch
-    width must be a multiple of their number). ``checkpoint`` (a CheckpointHook) writes when
+    width must be a multiple of their number), each device running the same program. ``checkpoint`` (a CheckpointHook) writes when
     rank 0 says it is due, on a stop and at the end, from the in-flight states gathered in
     the same collective.
     """
     n_starts, n_params = x0.shape
     devices = devices or jax.local_devices()[:1]
-    problem_placement, state_placement = lane_placement(list(devices))
-    problem = jax.device_put(problem, problem_placement)
-    place = lambda st: jax.device_put(st, state_placement)   # noqa: E731
+    lane_devices = LaneDevices(devices, problem)
     if len(devices) > 1 and comm.rank == 0:
         log.info("lanes split over %d local devices", len(devices))
     if resume is None:
@@ -150,9 +148,10 @@ def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scal
             batch, _ = fill_lanes(batch, mine, table.x0, lb, ub, x_scale_inv, saved)
         else:
             batch, own_queue = fill_lanes(batch, own_queue, table.x0, lb, ub, x_scale_inv, saved)
-        if (batch.start_of_lane >= 0).any():
-            state = advance(problem, place(batch.state), interval)
-            batch = Batch(jax.tree.map(np.asarray, state), batch.start_of_lane)
+        running = batch.state.status == RUNNING
+        if running.any():
+            batch = Batch(lane_devices.advance(advance, batch.state, interval, running),
+                          batch.start_of_lane)
         round_ += 1
         steps += interval
         batch, rows = harvest(batch)
