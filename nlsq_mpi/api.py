@@ -18,27 +18,26 @@ from .parallel.devices import compute_devices
 from .parallel.driver import Resume, run_starts
 from .preemption import StopControl
 from .result import FitResult, StartsTable
-from .solver import EMPTY, MESSAGES, Options, Problem, compiled_solver, is_success
+from .solver import EMPTY, MESSAGES, Options, Problem, compiled_solver, is_success, steps_lane_by_lane
 from .validation import check, check_model_output
 
 log = logging.getLogger("nlsq_mpi")
 
 
 def default_batch_width(m, n):
-    """Lanes per jitted call (per device), fixed for a problem whatever n_starts: XLA's code,
-    and so the last bits of each start's result, may depend on the batch width, never on
-    which starts share the batch or which lane holds them.
+    """Lanes per jitted call (per device). Where the lanes step together (vmap), it is fixed
+    for a problem whatever n_starts: XLA's code, and so the last bits of each start's
+    result, may depend on the batch width, never on which starts share the batch or which
+    lane holds them.
 
-    On CPU a lane costs the same at any width, so wider batches only amortise the fixed cost
-    of a step and waste work on lanes that finished early: about 2e5 Jacobian entries per
-    call (16 lanes at m=2,000, n=5; one lane at m=100,000), a power of two up to 16. An
-    accelerator needs wide batches: up to 1024 lanes within ~256 MB of Jacobians."""
-    per_lane = (m + n) * (n + 1)
+    On CPU 16: small problems step the lanes together, and a lane costs about the same at
+    any width, so wider batches only amortise a step's fixed cost and waste work on lanes
+    that finished early; large ones (m >= 1,000) step them one after another, where the
+    width only sets how many starts a call holds. An accelerator needs wide batches: up
+    to 1024 lanes within ~256 MB of Jacobians."""
     if jax.default_backend() == "cpu":
-        lanes = 2 ** int(np.clip(np.floor(np.log2(2e5 / per_lane)), 0, 4))
-    else:
-        lanes = int(np.clip(256e6 // (8 * 3 * per_lane), 1, 1024))
-    return int(lanes)
+        return 16
+    return int(np.clip(256e6 // (8 * 3 * (m + n) * (n + 1)), 1, 1024))
 
 
 def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(-np.inf, np.inf),
@@ -90,6 +89,9 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
     # A rank that sees several devices (GPUs, or host devices for its cores) gives each
     # ``width`` lanes, using no more devices than its share of the starts fills.
     devices = compute_devices(*comm.local_split())
+    if batch_size is None and steps_lane_by_lane(c.ydata.size):
+        # The width cannot change a lane's result here: spread few starts over the devices.
+        width = min(width, -(-c.n_starts // (comm.size * len(devices))))
     devices = devices[:max(1, min(len(devices), -(-c.n_starts // (comm.size * width))))]
     stop = StopControl(walltime) if workflow == "hpc" or ckpt else None
     with stop or contextlib.nullcontext(), (ckpt.flushing() if ckpt else contextlib.nullcontext()):

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 from .linalg import cl_scaling_vector, find_active_constraints
 from .losses import LOSSES, loss_cost, scale_for_loss
 from .status import EMPTY, FAILED, MESSAGES, RUNNING, is_success
-from .trf import Options, Problem, SolverState, empty_state, init_state, make_advance, make_residual_fns
+from .trf import (Options, Problem, SolverState, empty_state, init_state, make_advance,
+                  make_residual_fns, steps_lane_by_lane)
 
 
 class CompiledSolver(NamedTuple):
@@ -50,4 +51,5 @@ def compiled_solver(model, jac, options: Options) -> CompiledSolver:
 
 
 __all__ = ["LOSSES", "EMPTY", "FAILED", "MESSAGES", "RUNNING", "is_success", "Options", "Problem",
-           "SolverState", "empty_state", "init_state", "compiled_solver", "CompiledSolver"]
+           "SolverState", "empty_state", "init_state", "compiled_solver", "CompiledSolver",
+           "steps_lane_by_lane"]
