@@ -1,11 +1,13 @@
 """nlsq_mpi: bounded multi-start nonlinear least squares on JAX, over MPI, with checkpoints."""
 import os
 
-from .parallel.devices import bind_before_jax
+from .parallel.devices import bind_before_jax, host_devices, use_host_devices
 
 _BINDING = bind_before_jax()
 
 import jax  # noqa: E402
+
+use_host_devices(host_devices())
 
 jax.config.update("jax_enable_x64", True)
 if not jax.config.jax_compilation_cache_dir:

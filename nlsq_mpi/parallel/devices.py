@@ -3,12 +3,12 @@
 ``bind_before_jax`` runs before JAX initialises its backends (the runner calls it before the
 job script starts; importing nlsq_mpi calls it too): it narrows CUDA_VISIBLE_DEVICES to one
 GPU, local rank modulo the GPUs this rank may see (honouring a list the scheduler set), and
-on CPU gives each of the node's ranks cores // ranks threads, as that many host devices.
+on CPU gives each of the node's ranks cores // ranks threads, and ``use_host_devices`` as
+many host devices.
 ``compute_devices`` is the explicit placement used when the script had initialised JAX
 first; ``LaneDevices`` runs a batch's lanes on this rank's device(s).
 """
 import os
-import re
 
 import numpy as np
 
@@ -47,24 +47,46 @@ def bind_before_jax(environ=os.environ):
             environ["CUDA_VISIBLE_DEVICES"] = mine if info.local_size >= len(gpus) else \
                 ",".join(gpus[info.local_rank::info.local_size])
         return f"local rank {info.local_rank}: GPU(s) {environ.get('CUDA_VISIBLE_DEVICES', mine)}"
-    threads = max(1, _cores() // max(1, info.local_size))
-    flags = environ.get("XLA_FLAGS", "")
-    # XLA runs one host device's program mostly on one core (a batch of 16 lanes at m=2,000
-    # kept 1.3 of 2 cores busy), so a rank's share of the cores becomes as many host
-    # devices, each running its own slice of the lanes; at most MAX_HOST_DEVICES, since each
-    # compiles (or loads from the cache) its own copy of the program.
-    if threads > 1 and "xla_force_host_platform_device_count" not in flags:
-        flags = f"{flags} --xla_force_host_platform_device_count={min(threads, MAX_HOST_DEVICES)}"
+    threads = _threads(info)
     if info.local_size > 1:
+        flags = environ.get("XLA_FLAGS", "")
         if threads == 1 and "xla_cpu_multi_thread_eigen" not in flags:
-            flags = f"{flags} --xla_cpu_multi_thread_eigen=false"
+            environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             environ.setdefault(var, str(threads))
-    if flags.strip():
-        environ["XLA_FLAGS"] = flags.strip()
-    count = re.search(r"xla_force_host_platform_device_count=(\d+)", flags)
     return (f"local rank {info.local_rank} of {info.local_size}: CPU, {threads} thread(s), "
-            f"{count.group(1) if count else 1} host device(s)")
+            f"{host_devices(environ) or 1} host device(s)")
+
+
+def _threads(info):
+    return max(1, _cores() // max(1, info.local_size))
+
+
+def host_devices(environ=os.environ):
+    """How many host devices this rank's share of the cores becomes, or None to leave JAX's
+    default (one) alone: with GPUs, binding disabled, or a device count in XLA_FLAGS.
+
+    XLA runs one host device's program mostly on one core (a batch of 16 lanes at m=2,000
+    kept 1.3 of 2 cores busy), so a rank with several cores runs as many host devices,
+    each with its own slice of the lanes; at most MAX_HOST_DEVICES, since each compiles
+    (or loads from the cache) its own copy of the program."""
+    if (environ.get("NLSQ_MPI_NO_BIND") or _gpu_ids(environ)
+            or "xla_force_host_platform_device_count" in environ.get("XLA_FLAGS", "")):
+        return None
+    threads = _threads(from_environment(environ))
+    return min(threads, MAX_HOST_DEVICES) if threads > 1 else None
+
+
+def use_host_devices(count):
+    """Ask JAX for ``count`` host devices: a setting of this process only (an XLA_FLAGS
+    entry would reach every child process, MPI ranks included). Without effect once the
+    script has run JAX code: then one host device."""
+    import jax
+    if count and jax.config.jax_num_cpu_devices < 0:
+        try:
+            jax.config.update("jax_num_cpu_devices", count)
+        except RuntimeError:
+            pass
 
 
 def compute_devices(local_rank, local_size):
