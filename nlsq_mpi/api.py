@@ -50,11 +50,11 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
     (workflow="local", from p0) or many (workflow="auto_global"/"hpc", inside finite bounds).
 
     The solver is scipy's Trust Region Reflective method (``least_squares(method="trf")``),
-    jitted and vmapped over a batch of starts. ``pcov`` is computed as scipy's ``curve_fit``
+    jitted and batched over starts. ``pcov`` is computed as scipy's ``curve_fit``
     does. Returns a FitResult that unpacks as ``popt, pcov``.
 
     workflow="hpc" spreads the starts over the MPI ranks (each rank keeps ``batch_size``
-    lanes busy, refilled every ``checkpoint_interval`` steps, with pending starts
+    lanes per device busy, refilled every ``checkpoint_interval`` steps, with pending starts
     rebalanced across ranks); every rank returns the same result. Rank 0 logs progress at
     most every ``progress_seconds`` and a summary at the end. With ``checkpoint_dir`` (any
     workflow; all ranks together with "hpc") it writes a checkpoint every interval (and every ``checkpoint_seconds`` if given, checked at
@@ -70,8 +70,7 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
         if workflow != "local" else c.p0[None, :]
     check_model_output(model, c.xdata, c.y_shape, x0[0])
 
-    bounded = bool(np.any(np.isfinite(c.lb)) or np.any(np.isfinite(c.ub)))
-    opts = Options(loss=loss, jac_scale=c.jac_scale, sigma_kind=c.sigma_kind, bounded=bounded)
+    opts = Options(loss=loss, jac_scale=c.jac_scale, sigma_kind=c.sigma_kind)
     solver = compiled_solver(model, jac, opts)
     problem = make_problem(c, f_scale, ftol, xtol, gtol, max_nfev)
     width = batch_size or default_batch_width(c.ydata.size, c.n)
@@ -88,7 +87,10 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
     resume_from = snap.path if snap is not None else None
     # A rank that sees several devices (GPUs, or host devices for its cores) gives each
     # ``width`` lanes, using no more devices than its share of the starts fills.
+    # Every rank must run the same width (the driver cuts the shared queue by it and the
+    # checkpoint's attributes carry it): all use the fewest devices any rank has.
     devices = compute_devices(*comm.local_split())
+    devices = devices[:min(comm.allgather(len(devices)))]
     if batch_size is None and steps_lane_by_lane(c.ydata.size):
         # The width cannot change a lane's result here: spread few starts over the devices.
         width = min(width, -(-c.n_starts // (comm.size * len(devices))))

@@ -112,3 +112,21 @@ def test_rank_with_several_devices_splits_its_lanes(tmp_path):
     a, b = _load(out1), _load(out2)
     for key in ("popt", "starts_x", "starts_cost", "starts_status", "starts_nit", "starts_nfev"):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_ranks_with_different_device_counts_agree_on_the_width(tmp_path):
+    """Rank 0 sees one host device, rank 1 two: all ranks must run the same width, or the
+    shared queue is cut differently on each and starts are lost or the job hangs."""
+    out1, out2 = tmp_path / "one.npz", tmp_path / "mixed.npz"
+    job = str(JOBS / "seed_job.py")
+    one = run([sys.executable, "-m", "nlsq_mpi", job, str(out1), "24"], timeout=300,
+              env={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+    flags = "XLA_FLAGS=--xla_force_host_platform_device_count="
+    mixed = run(["mpirun", "-n", "1", "env", flags + "1", sys.executable, "-m", "nlsq_mpi", job,
+                 str(out2), "24", ":", "-n", "1", "env", flags + "2", sys.executable, "-m",
+                 "nlsq_mpi", job, str(out2), "24"], timeout=300)
+    assert one.returncode == 0 and mixed.returncode == 0, mixed.stderr[-2000:]
+    a, b = _load(out1), _load(out2)
+    assert np.all(b["starts_status"] > 0)
+    for key in ("popt", "starts_x", "starts_cost", "starts_status", "starts_nit", "starts_nfev"):
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)

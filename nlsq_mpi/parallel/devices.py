@@ -3,8 +3,8 @@
 ``bind_before_jax`` runs before JAX initialises its backends (the runner calls it before the
 job script starts; importing nlsq_mpi calls it too): it narrows CUDA_VISIBLE_DEVICES to one
 GPU, local rank modulo the GPUs this rank may see (honouring a list the scheduler set), and
-on CPU gives each of the node's ranks cores // ranks threads, and ``use_host_devices`` as
-many host devices.
+on CPU gives each of the node's ranks cores // ranks threads, and ``use_host_devices`` one
+host device per thread (up to MAX_HOST_DEVICES).
 ``compute_devices`` is the explicit placement used when the script had initialised JAX
 first; ``LaneDevices`` runs a batch's lanes on this rank's device(s).
 """
@@ -106,8 +106,8 @@ def compute_devices(local_rank, local_size):
 
 
 class LaneDevices:
-    """Runs a batch's lanes on several local devices: the lanes are cut into one equal slice
-    per device and each slice goes through the same single-device program, dispatched
+    """Runs a batch's lanes on several local devices: the lanes are cut into one slice per
+    device (equal when the width is a multiple of their number, as fit() makes it) and each slice goes through the same single-device program, dispatched
     asynchronously so the devices work at once. A lane's result is the same bits on any
     number of devices; one program over a device mesh was not (``shard_map``, or XLA
     partitioning the batched program, changed the last bit of up to 28 of 100 starts).

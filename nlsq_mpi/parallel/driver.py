@@ -1,7 +1,7 @@
 """The multi-start driver: one loop that keeps a fixed-width batch of lanes busy.
 
-Refill empty lanes from the pending starts, advance the batch ``interval`` solver steps in one
-jitted call, harvest the lanes that finished into the per-start table, repeat. The solver
+Refill empty lanes from the pending starts, advance the batch ``interval`` solver steps (one
+jitted call per local device), harvest the lanes that finished into the per-start table, repeat. The solver
 state lives on the host between calls (a few numbers per lane), which is what makes it cheap
 to combine across ranks and to checkpoint.
 """
@@ -137,7 +137,7 @@ def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scal
     batch = Batch.empty(batch_width, n_params)
     shared_queue = pending if rebalance else []
     own_queue = [] if rebalance else [i for i in pending if i % comm.size == comm.rank]
-    frees = [batch_width] * comm.size
+    frees = comm.allgather(batch_width)
     done = done_before = n_starts - len(unfinished)
     t0, last_log = time.perf_counter(), -float("inf")
     while True:
