@@ -110,13 +110,13 @@ def minimize_quadratic_1d(a, b, lb, ub, c):
     return t[i], y[i]
 
 
-def solve_lsq_trust_region(m_rows, uf, s, V, Delta, initial_alpha, rtol=0.01, max_iter=10):
+def solve_lsq_trust_region(m, uf, s, V, Delta, initial_alpha, rtol=0.01, max_iter=10):
     """min ||J p + f|| subject to ||p|| <= Delta from the SVD J = U diag(s) V^T, uf = U^T f,
     by Newton iteration on the Levenberg-Marquardt parameter alpha (Moré 1978, sec. 5).
     Returns (p, alpha)."""
     n = s.shape[0]
     suf = s * uf
-    full_rank = s[-1] > EPS * m_rows * s[0]
+    full_rank = (s[-1] > EPS * m * s[0]) & (m >= n)   # m residuals, as scipy passes it
     s_safe = jnp.where(s > 0, s, 1.0)
     p_gn = -V @ (uf / s_safe)
     gauss_newton_ok = full_rank & (jnp.linalg.norm(p_gn) <= Delta)

@@ -4,8 +4,8 @@ The algorithm is Branch, Coleman & Li (1999), step for step as in scipy's
 ``least_squares(method="trf", tr_solver="exact")`` (``_lsq/trf.py``), with one change of
 shape: scipy's nested loop (outer: new Jacobian, inner: shrink the radius until a step is
 accepted) is flattened into a single step, one function evaluation each, so a batch of
-starts advances in lock-step under ``jax.vmap`` and can be stopped, saved and resumed between
-any two steps. Everything a start needs to continue lives in ``SolverState``; the residuals
+starts advances step by step (its lanes together under ``jax.vmap``, or one after another)
+and can be stopped, saved and resumed between any two steps. Everything a start needs to continue lives in ``SolverState``; the residuals
 and Jacobian at ``x`` are recomputed at the start of each step from ``x`` alone, by the same
 compiled code, so a state reloaded from a checkpoint continues bit for bit.
 
@@ -46,7 +46,6 @@ class Options(NamedTuple):
     loss: str = "linear"
     jac_scale: bool = False
     sigma_kind: str = "none"   # "none", "1d", "2d"
-    bounded: bool = True
 
 
 class SolverState(NamedTuple):
@@ -155,7 +154,6 @@ class Linearization(NamedTuple):
     cost: jax.Array
     finite: jax.Array
     scale_inv: jax.Array
-    v: jax.Array           # Coleman-Li scaling vector (with the variable scaling)
     d: jax.Array           # v^1/2 * scale: the change of variables of the subproblem
     diag_h: jax.Array
     g_norm: jax.Array
@@ -191,7 +189,9 @@ def gram_factor(lin: Linearization, G0):
     L = jnp.linalg.cholesky(G0 * d[:, None] * d[None, :] + jnp.diag(lin.diag_h))
     qf = jax.scipy.linalg.solve_triangular(L, d * lin.g, lower=True)
     factor = svd_factor(L.T, qf)
-    ok = factor.s[-1] * GRAM_MAX_CONDITION > factor.s[0]   # false for NaN (not positive definite)
+    # False where Cholesky failed (not positive definite: NaN), whatever the SVD makes of it.
+    ok = (factor.s[-1] * GRAM_MAX_CONDITION > factor.s[0]) & jnp.all(jnp.isfinite(L)) \
+        & jnp.all(jnp.isfinite(qf))
     return factor, ok
 
 
@@ -297,7 +297,7 @@ def make_step(model: Callable, jac: Callable | None, opts: Options):
                                      jnp.where(nfev >= problem.max_nfev, 0, RUNNING)))
         lin = Linearization(
             f=f, Jt=Jt, g=g, cost=cost, finite=finite,
-            scale_inv=jnp.broadcast_to(scale_inv, st.x.shape), v=v, d=v**0.5 * scale,
+            scale_inv=jnp.broadcast_to(scale_inv, st.x.shape), d=v**0.5 * scale,
             diag_h=g * dv * scale, g_norm=g_norm,
             Delta=jnp.where(st.fresh, jnp.where(Delta0 == 0, 1.0, Delta0), st.Delta),
             alpha=jnp.where(st.fresh, 0.0, st.alpha), nfev=nfev,
@@ -311,10 +311,9 @@ def make_step(model: Callable, jac: Callable | None, opts: Options):
         Delta, alpha, cost, nfev = lin.Delta, lin.alpha, lin.cost, lin.nfev
         d = lin.d
         g_h = d * lin.g
-        m_rows = m + st.x.shape[0] if opts.bounded else m
         theta = jnp.maximum(0.995, 1 - lin.g_norm)
         p_h, alpha_trial = linalg.solve_lsq_trust_region(
-            m_rows, factor.Ur.T @ factor.qf, factor.s, factor.Vt.T, Delta, alpha)
+            m, factor.Ur.T @ factor.qf, factor.s, factor.Vt.T, Delta, alpha)
         p = d * p_h
         step_x, step_h, predicted = linalg.select_step(
             st.x, factor.R, lin.diag_h, g_h, p, p_h, d, Delta, lb, ub, theta)
@@ -368,7 +367,8 @@ def make_step(model: Callable, jac: Callable | None, opts: Options):
             return lax.map(lambda lane: lax.cond(lane.status == RUNNING, lane_step,
                                                  lambda _, lane: lane, problem, lane), st)
         lin, G0 = jax.vmap(linearize, in_axes=(None, 0))(problem, st)
-        factor = factorize(lin, G0, lin.status == RUNNING)
+        # Running before the step (EMPTY and FAILED lanes may look RUNNING to linearize).
+        factor = factorize(lin, G0, (st.status == RUNNING) & (lin.status == RUNNING))
         return jax.vmap(trial, in_axes=(None, 0, 0, 0))(problem, st, lin, factor)
 
     return step
