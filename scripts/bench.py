@@ -9,7 +9,7 @@ Parts:
   2. 1 vs 2 ranks on 1,000 starts (speedup), and an imbalanced start set with and without
      rebalancing (parallel efficiency).
   3. checkpoint overhead on 2 ranks (1,000 starts, a checkpoint every interval), file size
-     and write time.
+     and write time, and the floor of one generation with h5py alone (bench_h5_floor.py).
 """
 import json
 import os
@@ -149,7 +149,15 @@ def part3():
               f"overhead {100 * (min(with_ckpt) / min(plain) - 1):.1f}% (target <= 5%)")
         print(f"  {c['writes']} writes, {1e3 * c['write_seconds'] / max(1, c['writes']):.1f} ms per write "
               f"({100 * c['write_seconds'] / fastest['seconds']:.1f}% of that run's wall time on rank 0), "
-              f"last file {c['last_bytes'] / 1024:.0f} KiB")
+              f"last file {c['last_bytes'] / 1024:.0f} KiB, "
+              f"{1e3 * min(plain) / max(1, c['writes']):.0f} ms of computation per write")
+        p = subprocess.run(["mpirun", "-n", "2", sys.executable, str(ROOT / "scripts" / "bench_h5_floor.py"),
+                            tmp], env=MPI_ENV, capture_output=True, text=True, timeout=600)
+        if p.returncode != 0:
+            raise RuntimeError(p.stderr[-2000:])
+        floor = json.loads(p.stdout.strip().splitlines()[-1])
+        print(f"  floor, h5py alone (bench_h5_floor.py): {floor['ms_per_generation']:.1f} ms per generation "
+              f"{floor['stages']}")
 
 
 if __name__ == "__main__":
