@@ -130,3 +130,11 @@ def test_ranks_with_different_device_counts_agree_on_the_width(tmp_path):
     assert np.all(b["starts_status"] > 0)
     for key in ("popt", "starts_x", "starts_cost", "starts_status", "starts_nit", "starts_nfev"):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_second_device_program_is_built_in_the_background():
+    p = run([sys.executable, str(JOBS / "lane_devices_job.py")], timeout=300,
+            env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+                 "PYTHONPATH": str(ROOT / "tests")})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip().splitlines()[-1] == '{"devices": 2, "same": true}'

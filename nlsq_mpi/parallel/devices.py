@@ -8,7 +8,9 @@ host device per thread (up to MAX_HOST_DEVICES).
 ``compute_devices`` is the explicit placement used when the script had initialised JAX
 first; ``LaneDevices`` runs a batch's lanes on this rank's device(s).
 """
+import logging
 import os
+import threading
 
 import numpy as np
 
@@ -107,11 +109,16 @@ def compute_devices(local_rank, local_size):
 
 class LaneDevices:
     """Runs a batch's lanes on several local devices: the lanes are cut into one slice per
-    device (equal when the width is a multiple of their number, as fit() makes it) and each slice goes through the same single-device program, dispatched
-    asynchronously so the devices work at once. A lane's result is the same bits on any
-    number of devices; one program over a device mesh was not (``shard_map``, or XLA
-    partitioning the batched program, changed the last bit of up to 28 of 100 starts).
-    A slice with no running lane is not dispatched."""
+    device (equal when the width is a multiple of their number, as fit() makes it) and each
+    slice goes through the same single-device program, dispatched asynchronously so the
+    devices work at once. A slice with no running lane is not dispatched.
+
+    A lane's result is the same bits on any number of devices; one program over a device
+    mesh was not (``shard_map``, or XLA partitioning the batched program, changed the last
+    bit of up to 28 of 100 starts). Each device needs its own copy of the program (JAX's
+    cache key holds the device on CPU): the first device's is built in the calling thread,
+    the others' in background threads (XLA releases the GIL while it compiles), and until
+    a device's copy is ready its slice runs on the first device, with the same program."""
 
     def __init__(self, devices, problem):
         import jax
@@ -122,11 +129,47 @@ class LaneDevices:
         """``advance`` applied to every device's slice of the host ``state``; ``running``
         (per lane) says which slices have work. Returns host arrays."""
         import jax
-        k, width = len(self.devices), len(running)
+        k, width, n_steps = len(self.devices), len(running), int(n_steps)
         pieces = []
         for i, (device, problem) in enumerate(zip(self.devices, self.problems)):
             lanes = slice(i * width // k, (i + 1) * width // k)
             part = jax.tree.map(lambda a: a[lanes], state)
-            pieces.append(advance(problem, jax.device_put(part, device), n_steps)
-                          if running[lanes].any() else part)
+            if not running[lanes].any():
+                pieces.append(part)
+                continue
+            program = _program(advance, device, problem, part, n_steps) if i else None
+            if program is None:   # the first device, or this one's copy is not built yet
+                pieces.append(advance(self.problems[0], jax.device_put(part, self.devices[0]),
+                                      n_steps))
+            else:
+                pieces.append(program(problem, jax.device_put(part, device), n_steps))
         return jax.tree.map(lambda *a: np.concatenate([np.asarray(x) for x in a]), *pieces)
+
+
+_PROGRAMS = {}   # (advance, device id, argument signature) -> compiled program, or None while built
+_PROGRAMS_LOCK = threading.Lock()
+
+
+def _program(advance, device, problem, part, n_steps):
+    """``advance`` compiled for ``device``, or None while a background thread builds it."""
+    import jax
+    leaves, tree = jax.tree.flatten((problem, part))
+    key = (advance, device.id, tree, tuple((np.shape(a), np.dtype(a.dtype)) for a in leaves))
+    with _PROGRAMS_LOCK:
+        if key in _PROGRAMS:
+            return _PROGRAMS[key]
+        _PROGRAMS[key] = None
+    args = (problem, jax.device_put(part, device), n_steps)
+
+    def build():
+        try:
+            program = advance.lower(*args).compile()
+        except Exception as exc:   # the slice keeps running on the first device
+            logging.getLogger("nlsq_mpi").warning("compiling for %s failed (%s); its lanes "
+                                                  "run on the first device", device, exc)
+            return
+        with _PROGRAMS_LOCK:
+            _PROGRAMS[key] = program
+
+    threading.Thread(target=build, name=f"nlsq_mpi-compile-{device.id}").start()
+    return None
