@@ -77,6 +77,42 @@ def test_cpu_cores_of_a_rank_become_host_devices(monkeypatch, cores, local_size,
     assert devices_mod.host_devices(env) is None     # the user's own choice stands
 
 
+def test_program_key_tells_weak_from_strong_types():
+    """A program lowered for a Python float runs a NumPy float without complaint but computes
+    other bits: the key of a device's compiled program must tell them apart."""
+    import jax.numpy as jnp
+    import numpy as np
+    from nlsq_mpi.parallel.devices import program_key
+    part = np.zeros((4, 5))
+    weak = program_key(_FakeGPU(1), (jnp.asarray(1.1), jnp.zeros(3)), part)
+    strong = program_key(_FakeGPU(1), (jnp.asarray(np.float64(1.1)), jnp.zeros(3)), part)
+    assert weak != strong
+    assert weak == program_key(_FakeGPU(1), (jnp.asarray(2.5), jnp.ones(3)), part)
+    assert weak != program_key(_FakeGPU(2), (jnp.asarray(1.1), jnp.zeros(3)), part)
+
+
+def test_device_programs_go_with_their_solver():
+    """The compiled copies kept per device must not keep a dropped model (and its data) alive."""
+    import gc
+    import time
+    import weakref
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from nlsq_mpi.parallel import devices as dev
+    payload = np.ones(1000)
+    advance = jax.jit(lambda problem, part, n: part + payload.sum())
+    assert dev._program(advance, jax.devices()[-1], jnp.zeros(2), np.zeros(3), 1) is None
+    t0 = time.monotonic()
+    while None in dev._PROGRAMS[advance].values():
+        assert time.monotonic() - t0 < 60
+        time.sleep(0.02)
+    ref = weakref.ref(advance)
+    del advance
+    gc.collect()
+    assert ref() is None
+
+
 class _FakeGPU:
     platform = "gpu"
 

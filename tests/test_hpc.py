@@ -137,4 +137,5 @@ def test_second_device_program_is_built_in_the_background():
             env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2",
                  "PYTHONPATH": str(ROOT / "tests")})
     assert p.returncode == 0, p.stderr[-2000:]
-    assert p.stdout.strip().splitlines()[-1] == '{"devices": 2, "same": true}'
+    assert p.stdout.strip().splitlines()[-1] == \
+        '{"devices": 2, "device_1_program_calls": 1, "same": true}'

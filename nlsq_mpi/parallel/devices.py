@@ -11,6 +11,7 @@ first; ``LaneDevices`` runs a batch's lanes on this rank's device(s).
 import logging
 import os
 import threading
+import weakref
 
 import numpy as np
 
@@ -146,30 +147,46 @@ class LaneDevices:
         return jax.tree.map(lambda *a: np.concatenate([np.asarray(x) for x in a]), *pieces)
 
 
-_PROGRAMS = {}   # (advance, device id, argument signature) -> compiled program, or None while built
+# advance -> {(device id, argument types): compiled program, or None while it is built}.
+# Weakly keyed, so a solver dropped from compiled_solver's cache takes its programs along.
+_PROGRAMS = weakref.WeakKeyDictionary()
 _PROGRAMS_LOCK = threading.Lock()
+_PROGRAMS_PER_SOLVER = 32
+
+
+def program_key(device, problem, part):
+    """What a compiled program is specific to: the device and every argument's abstract
+    type (shape, dtype and weak type: a program lowered for a Python float accepts a
+    NumPy float without complaint, and computes other bits)."""
+    import jax
+    leaves, tree = jax.tree.flatten((problem, part))
+    return device.id, tree, tuple(jax.typeof(a) for a in leaves)
 
 
 def _program(advance, device, problem, part, n_steps):
-    """``advance`` compiled for ``device``, or None while a background thread builds it."""
+    """``advance`` compiled for ``device``, or None while a background thread builds it.
+    It is lowered here, under the caller's JAX settings, and only compiled in the thread.
+    A build that fails leaves the slice on the first device for the rest of the process."""
     import jax
-    leaves, tree = jax.tree.flatten((problem, part))
-    key = (advance, device.id, tree, tuple((np.shape(a), np.dtype(a.dtype)) for a in leaves))
+    key = program_key(device, problem, part)
     with _PROGRAMS_LOCK:
-        if key in _PROGRAMS:
-            return _PROGRAMS[key]
-        _PROGRAMS[key] = None
-    args = (problem, jax.device_put(part, device), n_steps)
+        programs = _PROGRAMS.setdefault(advance, {})
+        if key in programs:
+            return programs[key]
+        if len(programs) >= _PROGRAMS_PER_SOLVER:
+            programs.clear()
+        programs[key] = None
+    lowered = advance.lower(problem, jax.device_put(part, device), n_steps)
 
     def build():
         try:
-            program = advance.lower(*args).compile()
+            program = lowered.compile()
         except Exception as exc:   # the slice keeps running on the first device
             logging.getLogger("nlsq_mpi").warning("compiling for %s failed (%s); its lanes "
                                                   "run on the first device", device, exc)
             return
         with _PROGRAMS_LOCK:
-            _PROGRAMS[key] = program
+            programs[key] = program
 
     threading.Thread(target=build, name=f"nlsq_mpi-compile-{device.id}").start()
     return None

@@ -1,7 +1,7 @@
 """The multi-start driver: one loop that keeps a fixed-width batch of lanes busy.
 
-Refill empty lanes from the pending starts, advance the batch ``interval`` solver steps (one
-jitted call per local device), harvest the lanes that finished into the per-start table, repeat. The solver
+Refill empty lanes from the pending starts, advance the batch ``interval`` solver steps (the
+lanes split over the local devices), harvest the lanes that finished into the per-start table, repeat. The solver
 state lives on the host between calls (a few numbers per lane), which is what makes it cheap
 to combine across ranks and to checkpoint.
 """
