@@ -18,7 +18,8 @@ from .parallel.devices import compute_devices
 from .parallel.driver import Resume, run_starts
 from .preemption import StopControl
 from .result import FitResult, StartsTable
-from .solver import EMPTY, MESSAGES, Options, Problem, compiled_solver, is_success, steps_lane_by_lane
+from .solver import (EMPTY, MESSAGES, Options, Problem, compiled_solver, is_success,
+                     steps_lane_by_lane)
 from .validation import check, check_model_output
 
 log = logging.getLogger("nlsq_mpi")
@@ -86,9 +87,9 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
             width = batch_size or snap.lane_width
     resume_from = snap.path if snap is not None else None
     # A rank that sees several devices (GPUs, or host devices for its cores) gives each
-    # ``width`` lanes, using no more devices than its share of the starts fills.
-    # Every rank must run the same width (the driver cuts the shared queue by it and the
-    # checkpoint's attributes carry it): all use the fewest devices any rank has.
+    # ``width`` lanes, using no more devices than its share of the starts fills. Every rank
+    # must run the same width (the driver cuts the shared queue by it and the checkpoint's
+    # attributes carry it), so all use the fewest devices any rank has.
     devices = compute_devices(*comm.local_split())
     devices = devices[:min(comm.allgather(len(devices)))]
     if batch_size is None and steps_lane_by_lane(c.ydata.size):
@@ -98,8 +99,8 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
     stop = StopControl(walltime) if workflow == "hpc" or ckpt else None
     with stop or contextlib.nullcontext(), (ckpt.flushing() if ckpt else contextlib.nullcontext()):
         table = run_starts(
-            comm, solver.advance, problem, x0, width * len(devices), checkpoint_interval, c.lb, c.ub,
-            c.x_scale_inv, rebalance=rebalance,
+            comm, solver.advance, problem, x0, width * len(devices), checkpoint_interval,
+            c.lb, c.ub, c.x_scale_inv, rebalance=rebalance,
             progress_seconds=progress_seconds if workflow == "hpc" else float("inf"),
             checkpoint=CheckpointHook(ckpt, width, checkpoint_seconds, stop) if ckpt else None,
             resume=snapshot_resume(snap) if snap is not None else None,

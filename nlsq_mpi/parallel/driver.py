@@ -1,9 +1,9 @@
 """The multi-start driver: one loop that keeps a fixed-width batch of lanes busy.
 
 Refill empty lanes from the pending starts, advance the batch ``interval`` solver steps (the
-lanes split over the local devices), harvest the lanes that finished into the per-start table, repeat. The solver
-state lives on the host between calls (a few numbers per lane), which is what makes it cheap
-to combine across ranks and to checkpoint.
+lanes split over the local devices), harvest the lanes that finished into the per-start
+table, repeat. The solver state lives on the host between calls (a few numbers per lane),
+which is what makes it cheap to combine across ranks and to checkpoint.
 """
 import logging
 import time
@@ -117,9 +117,9 @@ def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scal
     starts are pending; without it, start i belongs to rank i % size. ``stop`` answers
     whether this rank must stop; a stop writes a checkpoint and raises Preempted.
     With several local ``devices`` the lanes of each batch are split over them (the batch
-    width must be a multiple of their number), each device running the same program. ``checkpoint`` (a CheckpointHook) writes when
-    rank 0 says it is due, on a stop and at the end, from the in-flight states gathered in
-    the same collective.
+    width must be a multiple of their number), each device running the same program.
+    ``checkpoint`` (a CheckpointHook) writes when rank 0 says it is due, on a stop and at
+    the end, from the in-flight states gathered in the same collective.
     """
     n_starts, n_params = x0.shape
     devices = devices or jax.local_devices()[:1]
