@@ -14,10 +14,11 @@ def _lanes(Js, f, diag_h, d=None):
     k, m, n = Js.shape
     zeros = jnp.zeros(k)
     return Linearization(
-        f=jnp.broadcast_to(f, (k, m)), Jt=jnp.swapaxes(Js, 1, 2), g=jnp.einsum("kmn,m->kn", Js, f),
-        cost=zeros, finite=jnp.ones(k, bool), scale_inv=jnp.ones((k, n)),
-        d=jnp.ones((k, n)) if d is None else d, diag_h=jnp.broadcast_to(diag_h, (k, n)), g_norm=zeros, Delta=zeros,
-        alpha=zeros, nfev=zeros, njev=zeros, status=zeros)
+        f=jnp.broadcast_to(f, (k, m)), Jt=jnp.swapaxes(Js, 1, 2),
+        g=jnp.einsum("kmn,m->kn", Js, f), cost=zeros, finite=jnp.ones(k, bool),
+        scale_inv=jnp.ones((k, n)), d=jnp.ones((k, n)) if d is None else d,
+        diag_h=jnp.broadcast_to(diag_h, (k, n)), g_norm=zeros, Delta=zeros, alpha=zeros,
+        nfev=zeros, njev=zeros, status=zeros)
 
 
 def _reference(J, f, diag_h, d):

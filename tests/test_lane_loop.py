@@ -55,4 +55,5 @@ def test_stop_then_resume_is_exact(big, tmp_path):
     assert resumed.resumed_from is not None
     assert 0 < np.sum(resumed.starts.nfev) and resumed.best_start == r.best_start
     for key in KEYS:
-        np.testing.assert_array_equal(getattr(resumed.starts, key), getattr(r.starts, key), err_msg=key)
+        np.testing.assert_array_equal(getattr(resumed.starts, key), getattr(r.starts, key),
+                                      err_msg=key)

@@ -5,9 +5,10 @@ The algorithm is Branch, Coleman & Li (1999), step for step as in scipy's
 shape: scipy's nested loop (outer: new Jacobian, inner: shrink the radius until a step is
 accepted) is flattened into a single step, one function evaluation each, so a batch of
 starts advances step by step (its lanes together under ``jax.vmap``, or one after another)
-and can be stopped, saved and resumed between any two steps. Everything a start needs to continue lives in ``SolverState``; the residuals
-and Jacobian at ``x`` are recomputed at the start of each step from ``x`` alone, by the same
-compiled code, so a state reloaded from a checkpoint continues bit for bit.
+and can be stopped, saved and resumed between any two steps. Everything a start needs to
+continue lives in ``SolverState``; the residuals and Jacobian at ``x`` are recomputed at the
+start of each step from ``x`` alone, by the same compiled code, so a state reloaded from a
+checkpoint continues bit for bit.
 
 The subproblem uses the SVD of the augmented, scaled Jacobian like scipy, computed as the
 triangular factor R of [J_h f; diag(diag_h)^1/2 0] followed by the SVD of the n-by-n R, which
@@ -211,9 +212,9 @@ def factorize(lin: Linearization, G0, running, lane_by_lane=None):
 
     About 6% of the seed problem's steps need that, so most 16-lane batch steps have such a
     lane. On CPU they are refactored one lane at a time (the cost is what those lanes need:
-    the seed bench on one core 0.46 -> 0.34 s against refactoring the batch); an accelerator refactors
-    the whole batch in one go when any lane needs it. Either way each lane's factor
-    depends on that lane alone. ``lane_by_lane`` (default: on CPU) chooses."""
+    the seed bench on one core 0.46 -> 0.34 s against refactoring the batch); an
+    accelerator refactors the whole batch in one go when any lane needs it. Either way each
+    lane's factor depends on that lane alone. ``lane_by_lane`` (default: on CPU) chooses."""
     factor, ok = jax.vmap(gram_factor)(lin, G0)
     fallback = running & ~ok
     if lane_by_lane is None:
