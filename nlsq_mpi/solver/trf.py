@@ -365,14 +365,29 @@ def make_step(model: Callable, jac: Callable | None, opts: Options):
 
     def step(problem: Problem, st: SolverState) -> SolverState:
         if steps_lane_by_lane(problem.ydata.shape[0]):
-            return lax.map(lambda lane: lax.cond(lane.status == RUNNING, lane_step,
-                                                 lambda _, lane: lane, problem, lane), st)
+            return step_running_lanes(lane_step, problem, st)
         lin, G0 = jax.vmap(linearize, in_axes=(None, 0))(problem, st)
         # Running before the step (EMPTY and FAILED lanes may look RUNNING to linearize).
         factor = factorize(lin, G0, (st.status == RUNNING) & (lin.status == RUNNING))
         return jax.vmap(trial, in_axes=(None, 0, 0, 0))(problem, st, lin, factor)
 
     return step
+
+
+def step_running_lanes(lane_step, problem, st):
+    """``lane_step`` applied to each running lane of the batch ``st``, one lane after
+    another; lanes that are not running are not visited, so a wide batch costs no more
+    than its running lanes (a lax.map over all lanes cost 1.6 us per idle lane and step)."""
+    running = st.status == RUNNING
+    lanes = jnp.nonzero(running, size=running.shape[0], fill_value=0)[0]
+
+    def one_lane(j, st):
+        i = lanes[j]
+        lane = jax.tree.map(lambda a: lax.dynamic_index_in_dim(a, i, keepdims=False), st)
+        return jax.tree.map(lambda a, b: lax.dynamic_update_index_in_dim(a, b, i, 0),
+                            st, lane_step(problem, lane))
+
+    return lax.fori_loop(0, jnp.sum(running), one_lane, st)
 
 
 def select_lanes(mask, on_true, on_false):
