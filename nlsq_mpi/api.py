@@ -31,14 +31,33 @@ def default_batch_width(m, n):
     result, may depend on the batch width, never on which starts share the batch or which
     lane holds them.
 
-    On CPU 16: small problems step the lanes together, and a lane costs about the same at
-    any width, so wider batches only amortise a step's fixed cost and waste work on lanes
-    that finished early; large ones (m >= 1,000) step them one after another, where the
-    width only sets how many starts a call holds. An accelerator needs wide batches: up
-    to 1024 lanes within ~256 MB of Jacobians."""
+    On CPU, small problems (m < LANE_LOOP_MIN_POINTS) step 16 lanes together: a lane costs
+    about the same at any width, so wider batches only amortise a step's fixed cost and
+    waste work on lanes that finished early. Larger ones step their lanes one after
+    another, where a lane that is not running costs nothing and the width only sets how
+    many starts a call holds: up to LANE_LOOP_POINTS points in flight (128 lanes at
+    m=2,000, 16 from m=16,000 on), so an interval does enough work to amortise its
+    collective and its checkpoint (1,000 starts on 2 ranks: 72 rounds at 16 lanes, 25 at
+    128) while it stays short enough to stop promptly. An accelerator needs wide
+    batches: up to 1024 lanes within ~256 MB of Jacobians."""
     if jax.default_backend() == "cpu":
+        if steps_lane_by_lane(m):
+            return int(np.clip(LANE_LOOP_POINTS // m, 16, 128))
         return 16
     return int(np.clip(256e6 // (8 * 3 * (m + n) * (n + 1)), 1, 1024))
+
+
+# Points of data in flight per device on CPU when lanes step one after another.
+LANE_LOOP_POINTS = 256_000
+
+
+def spread_width(width, n_starts, devices):
+    """Lanes per device when lanes step one after another, where the width cannot change a
+    lane's result: at most ``width``, few enough that n_starts fill all ``devices`` (over
+    all ranks), rounded up to a power of two so that few shapes get compiled (a lane
+    that is not running costs nothing)."""
+    share = -(-n_starts // devices)
+    return min(width, 1 << (share - 1).bit_length())
 
 
 def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(-np.inf, np.inf),
@@ -93,8 +112,7 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
     devices = compute_devices(*comm.local_split())
     devices = devices[:min(comm.allgather(len(devices)))]
     if batch_size is None and steps_lane_by_lane(c.ydata.size):
-        # The width cannot change a lane's result here: spread few starts over the devices.
-        width = min(width, -(-c.n_starts // (comm.size * len(devices))))
+        width = spread_width(width, c.n_starts, comm.size * len(devices))
     devices = devices[:max(1, min(len(devices), -(-c.n_starts // (comm.size * width))))]
     stop = StopControl(walltime) if workflow == "hpc" or ckpt else None
     with stop or contextlib.nullcontext(), (ckpt.flushing() if ckpt else contextlib.nullcontext()):

@@ -62,6 +62,28 @@ def _scatter(a, idx, values):
     return a
 
 
+def deal_running(batch, slices):
+    """The batch with its lanes permuted so that the running ones are dealt evenly over
+    ``slices`` equal slices (one per local device). A lane's result does not depend on
+    which lane holds it, and a device whose lanes finished would otherwise wait for the
+    others: 100 starts at m=2,000 on 2 host devices ran the last three rounds as 187
+    lane-steps on one device and 43 on the other. Unchanged when already even."""
+    running = batch.state.status == RUNNING
+    counts = running.reshape(slices, -1).sum(axis=1)
+    if slices < 2 or counts.max() - counts.min() <= 1:
+        return batch
+    per = len(running) // slices
+    live, idle = list(np.flatnonzero(running)), list(np.flatnonzero(~running))
+    order = []
+    for d in range(slices):
+        mine = live[d::slices]
+        order += mine + idle[:per - len(mine)]
+        idle = idle[per - len(mine):]
+    order = np.asarray(order)
+    return Batch(jax.tree.map(lambda a: np.asarray(a)[order], batch.state),
+                 batch.start_of_lane[order])
+
+
 def harvest(batch):
     """Take the finished lanes out of the batch; returns (batch, rows) where rows holds the
     finished starts' results as plain arrays (what ranks exchange)."""
@@ -148,6 +170,7 @@ def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scal
             batch, _ = fill_lanes(batch, mine, table.x0, lb, ub, x_scale_inv, saved)
         else:
             batch, own_queue = fill_lanes(batch, own_queue, table.x0, lb, ub, x_scale_inv, saved)
+        batch = deal_running(batch, len(devices))
         running = batch.state.status == RUNNING
         if running.any():
             batch = Batch(lane_devices.advance(advance, batch.state, interval, running),
