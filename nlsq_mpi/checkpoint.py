@@ -199,7 +199,6 @@ class Checkpointer:
         is the slice of snap.states rows that this rank's lanes hold (written by this rank
         in collective mode)."""
         t0 = time.perf_counter()
-        self.flush()    # the previous generation is in place before this one is written
         tmp = self.dir / f".tmp-gen-{snap.round:09d}-{self.run_id}.h5"   # same name on every rank
         data = pack(snap.table, snap.states)
         best = best_of(snap.table)
@@ -226,6 +225,9 @@ class Checkpointer:
         if os.environ.get("NLSQ_MPI_FAULT") == f"kill-before-rename:{snap.round}":
             os.kill(os.getpid(), 9)   # fault injection for the tests: die mid-write
         if self.comm.rank == 0:
+            # The previous generation is in place before this one is: its publisher, started
+            # an interval ago, has had this file's writing to finish in.
+            self.flush()
             self._publisher = threading.Thread(target=self._publish, args=(tmp, snap.round),
                                                name="nlsq_mpi-checkpoint", daemon=False)
             self._publisher.start()
@@ -248,7 +250,6 @@ class Checkpointer:
         for old in generations(self.dir)[2:]:
             os.remove(old)
         self.last_bytes = os.path.getsize(final)
-
 
     @staticmethod
     def _create(fh, data, attrs):
