@@ -122,7 +122,7 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
             progress_seconds=progress_seconds if workflow == "hpc" else float("inf"),
             checkpoint=CheckpointHook(ckpt, width, checkpoint_seconds, stop) if ckpt else None,
             resume=snapshot_resume(snap) if snap is not None else None,
-            stop=stop, devices=devices)
+            stop=stop, devices=devices, drain=workflow != "hpc" and ckpt is None)
     result = assemble_result(solver, problem, table, workflow, absolute_sigma, resume_from)
     if ckpt is not None:
         result.checkpoint = ckpt.stats()

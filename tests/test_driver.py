@@ -44,3 +44,30 @@ def test_cpu_lane_loop_batches_hold_many_starts():
     assert spread_width(128, 100, 2) == 64            # 50 each, rounded up to a power of two
     assert spread_width(128, 1000, 2) == 128
     assert spread_width(16, 1, 4) == 1
+
+
+def test_drained_batch_runs_to_the_end_in_one_call_with_the_same_bits(seed_problem, monkeypatch):
+    """In one process without checkpoints, once no start is pending the batch runs to the
+    end in one call; a lane's steps grouped into one call or into intervals give the same
+    bits (workflow="hpc" in one process keeps its intervals: it logs and can be stopped)."""
+    from conftest import SEED_BOUNDS, seed_model
+    from nlsq_mpi import fit
+    from nlsq_mpi.parallel import driver
+
+    calls = []
+    advance = driver.LaneDevices.advance
+    monkeypatch.setattr(driver.LaneDevices, "advance",
+                        lambda self, fn, state, n, running: calls.append(n) or
+                        advance(self, fn, state, n, running))
+    x, y, s = seed_problem
+    # 4 lanes per device, at most 8 devices: some of the 40 starts wait for a free lane.
+    common = dict(sigma=s, bounds=SEED_BOUNDS, n_starts=40, seed=1, checkpoint_interval=3,
+                  batch_size=4)
+    drained = fit(seed_model, x, y, workflow="auto_global", **common)
+    drain_calls, calls[:] = list(calls), []
+    stepped = fit(seed_model, x, y, workflow="hpc", progress_seconds=1e9, **common)
+    assert drain_calls[-1] == driver.DRAIN_STEPS and set(drain_calls[:-1]) == {3}
+    assert set(calls) == {3} and len(calls) > len(drain_calls)
+    for key in ("x", "cost", "status", "nit", "nfev"):
+        np.testing.assert_array_equal(getattr(drained.starts, key), getattr(stepped.starts, key),
+                                      err_msg=key)
