@@ -4,8 +4,8 @@ MPI scaling of workflow="hpc". Prints each measurement with its ratio; asserts n
 
 Parts:
   1. seed model, m=2,000 (noise 0.2, sigma 0.2), 100 starts; m=100,000, 16 starts:
-     first call (compile included), warm call, scipy loop, ratio; whole process with a warm
-     persistent compilation cache against the whole scipy process.
+     first call (compile included), warm call and scipy loop (best of 3 each), ratio; whole
+     process with a warm persistent compilation cache against the whole scipy process.
   2. 1 vs 2 ranks on 1,000 starts (speedup), and an imbalanced start set with and without
      rebalancing (parallel efficiency).
   3. checkpoint overhead on 2 ranks (1,000 starts, a checkpoint every interval), at the
@@ -60,11 +60,13 @@ def part1():
         x, y, s = data(m)
         starts = start_points("sobol", 0, *BOUNDS, np.arange(k), k)
         first, _ = ours(x, y, s, starts)
-        warm, cost = ours(x, y, s, starts)
-        ref, ref_cost = scipy_loop(x, y, s, starts)
+        time.sleep(2)   # let the other host devices' programs finish building in the background
+        # Best of 3 on each side, interleaved: a slow spell of this noisy machine hits both.
+        runs = [(ours(x, y, s, starts), scipy_loop(x, y, s, starts)) for _ in range(3)]
+        (warm, cost), (ref, ref_cost) = min(r[0] for r in runs), min(r[1] for r in runs)
         print(f"m={m:>7} starts={k:>3}: nlsq_mpi first call {first:7.2f} s, warm {warm:7.3f} s | "
               f"scipy loop {ref:7.3f} s | speedup warm {ref / warm:5.2f}x | "
-              f"best cost {cost:.10g} vs scipy {ref_cost:.10g}")
+              f"best cost {cost:.10g} vs scipy {ref_cost:.10g} (best of 3 each)")
     # Whole processes, persistent compilation cache warm (the first run above filled it).
     code_ours = ("import numpy as np, sys; sys.path.insert(0, %r); from bench import ours, data, BOUNDS; "
                  "from nlsq_mpi.starts import start_points; x, y, s = data(2000); "
