@@ -17,6 +17,7 @@ import numpy as np
 import nlsq_mpi
 from nlsq_mpi import fit
 from nlsq_mpi.parallel.comm import get_comm
+from nlsq_mpi.parallel.devices import wait_for_builds
 
 
 def model(x, a, b, c, d, e):
@@ -62,6 +63,7 @@ if __name__ == "__main__":
     import_h5py = time.perf_counter() - t0
     fit(fn, x, y, sampler=starts[:WARMUP_STARTS], resume=False,   # compile on every rank
         checkpoint_dir=ckpt and str(Path(ckpt) / "warmup"), **common)
+    wait_for_builds()   # other host devices' programs, built in the background
     get_comm().barrier()
     t0 = time.perf_counter()
     r = fit(fn, x, y, sampler=starts, checkpoint_dir=ckpt, resume=False, **common)

@@ -11,6 +11,7 @@ first; ``LaneDevices`` runs a batch's lanes on this rank's device(s).
 import logging
 import os
 import threading
+import time
 import weakref
 
 import numpy as np
@@ -152,6 +153,7 @@ class LaneDevices:
 _PROGRAMS = weakref.WeakKeyDictionary()
 _PROGRAMS_LOCK = threading.Lock()
 _PROGRAMS_PER_SOLVER = 32
+_BUILDS = []   # background build threads, until wait_for_builds sees them finish
 
 
 def program_key(device, problem, part):
@@ -188,5 +190,22 @@ def _program(advance, device, problem, part, n_steps):
         with _PROGRAMS_LOCK:
             programs[key] = program
 
-    threading.Thread(target=build, name=f"nlsq_mpi-compile-{device.id}").start()
+    thread = threading.Thread(target=build, name=f"nlsq_mpi-compile-{device.id}")
+    with _PROGRAMS_LOCK:
+        _BUILDS.append(thread)
+    thread.start()
     return None
+
+
+def wait_for_builds(timeout=None):
+    """Wait for the background program builds started so far; False if some still run after
+    ``timeout`` seconds. For benchmarks and tests, which time or inspect the steady state:
+    a fit never waits (its slices run on the first device meanwhile)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with _PROGRAMS_LOCK:
+        threads = list(_BUILDS)
+    for thread in threads:
+        thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    with _PROGRAMS_LOCK:
+        _BUILDS[:] = [t for t in _BUILDS if t.is_alive()]
+        return not _BUILDS
