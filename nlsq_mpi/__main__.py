@@ -7,7 +7,10 @@
 
 Each rank binds to one local GPU (or a share of the CPU cores) before the script starts.
 An uncaught exception on any rank prints its traceback and aborts the whole job at once
-(MPI_Abort), with exit status 1; a script's own sys.exit(code) keeps its code. A fit stopped
+(MPI_Abort), with exit status 1; a script's own sys.exit(code) keeps its code. An error
+nlsq_mpi raised on purpose (bad input, a model that fails, a checkpoint of another problem:
+raised identically on every rank) prints one line, "[nlsq_mpi] InputError: ...", once, with
+no traceback, and ends the job with exit status 2. A fit stopped
 by SIGTERM/SIGUSR1 or its walltime exits with status 75 on every rank after writing its
 checkpoint: requeue the job and it resumes. Ranks other
 than 0 have their stdout silenced unless --all-ranks is given or NLSQ_MPI_ALL_RANKS=1.
@@ -16,12 +19,19 @@ import argparse
 import os
 import runpy
 import sys
+import time
 import traceback
+
+EXIT_FIT_ERROR = 2    # an NlsqError: the message says what to fix
+# Ranks other than 0 report an NlsqError only if the job still runs this long after it:
+# rank 0 raised the same error, reported it and ended the job meanwhile.
+ERROR_REPORT_DELAY = 2.0
 
 
 def _run_job(script, args, all_ranks):
     from . import rank
     from .parallel.comm import get_comm
+    from .errors import NlsqError
     from .parallel.driver import EXIT_PREEMPTED
     comm = get_comm()
     quiet = comm.rank != 0 and not (all_ranks or os.environ.get("NLSQ_MPI_ALL_RANKS") == "1")
@@ -37,6 +47,15 @@ def _run_job(script, args, all_ranks):
         if code not in (0, EXIT_PREEMPTED) and comm.size > 1:
             comm.abort(code)
         return code
+    except NlsqError as exc:
+        if comm.rank != 0:
+            time.sleep(ERROR_REPORT_DELAY)
+        where = f"rank {comm.rank}: " if comm.rank != 0 else ""
+        sys.stderr.write(f"[nlsq_mpi] {where}{type(exc).__name__}: {exc}\n")
+        sys.stderr.flush()
+        if comm.size > 1:
+            comm.abort(EXIT_FIT_ERROR)
+        return EXIT_FIT_ERROR
     except BaseException:
         sys.stderr.write(f"[nlsq_mpi] rank {rank()}: uncaught exception in {script}:\n")
         traceback.print_exc()

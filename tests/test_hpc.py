@@ -63,6 +63,20 @@ def test_exception_on_one_rank_aborts_the_job_quickly():
     assert elapsed < 30, f"took {elapsed:.1f} s"
 
 
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_fit_error_is_one_clean_line_and_status_2(ranks):
+    """An error nlsq_mpi raises on purpose, identically on every rank, is reported once,
+    without a traceback, and the job ends with status 2 (no hang, no duplicate lines)."""
+    job = str(JOBS / "bad_bounds_job.py")
+    p = (mpirun(2, "-m", "nlsq_mpi", job, timeout=60) if ranks == 2 else
+         run([sys.executable, "-m", "nlsq_mpi", job], timeout=60))
+    assert p.returncode == 2, p.stderr[-2000:]
+    lines = [line for line in p.stderr.splitlines() if line.startswith("[nlsq_mpi]")]
+    assert lines == ["[nlsq_mpi] InputError: bounds: lower[1]=5 is not below upper[1]=5"], \
+        p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
+
+
 def test_runner_passes_argv_and_exit_status(tmp_path):
     script = tmp_path / "job.py"
     script.write_text("import sys\nprint('ARGS', sys.argv)\nsys.exit(int(sys.argv[1]))\n")
