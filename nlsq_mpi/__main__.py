@@ -8,9 +8,11 @@
 Each rank binds to one local GPU (or a share of the CPU cores) before the script starts.
 An uncaught exception on any rank prints its traceback and aborts the whole job at once
 (MPI_Abort), with exit status 1; a script's own sys.exit(code) keeps its code. An error
-nlsq_mpi raised on purpose (bad input, a model that fails, a checkpoint of another problem:
-raised identically on every rank) prints one line, "[nlsq_mpi] InputError: ...", once, with
-no traceback, and ends the job with exit status 2. A fit stopped
+nlsq_mpi raises on purpose (bad input, a model that fails, a checkpoint of another problem),
+which every rank raises alike, prints one line, "[nlsq_mpi] InputError: ...", once (plus the
+traceback of what the model raised, if that was the cause), and every rank exits with
+status 2. Should a rank raise one alone, it prints its error and aborts the job after
+ERROR_AGREEMENT_SECONDS. A fit stopped
 by SIGTERM/SIGUSR1 or its walltime exits with status 75 on every rank after writing its
 checkpoint: requeue the job and it resumes. Ranks other
 than 0 have their stdout silenced unless --all-ranks is given or NLSQ_MPI_ALL_RANKS=1.
@@ -23,9 +25,8 @@ import time
 import traceback
 
 EXIT_FIT_ERROR = 2    # an NlsqError: the message says what to fix
-# Ranks other than 0 report an NlsqError only if the job still runs this long after it:
-# rank 0 raised the same error, reported it and ended the job meanwhile.
-ERROR_REPORT_DELAY = 2.0
+# How long a rank that raised an NlsqError waits for the others to raise one too.
+ERROR_AGREEMENT_SECONDS = 10.0
 
 
 def _run_job(script, args, all_ranks):
@@ -34,6 +35,9 @@ def _run_job(script, args, all_ranks):
     from .errors import NlsqError
     from .parallel.driver import EXIT_PREEMPTED
     comm = get_comm()
+    # A communicator of its own for agreeing on an error: a rank that is still inside a
+    # collective of the job cannot mistake that agreement for its own operation.
+    errors = comm.comm.Dup() if comm.size > 1 else None
     quiet = comm.rank != 0 and not (all_ranks or os.environ.get("NLSQ_MPI_ALL_RANKS") == "1")
     if quiet:
         sys.stdout = open(os.devnull, "w")
@@ -48,14 +52,7 @@ def _run_job(script, args, all_ranks):
             comm.abort(code)
         return code
     except NlsqError as exc:
-        if comm.rank != 0:
-            time.sleep(ERROR_REPORT_DELAY)
-        where = f"rank {comm.rank}: " if comm.rank != 0 else ""
-        sys.stderr.write(f"[nlsq_mpi] {where}{type(exc).__name__}: {exc}\n")
-        sys.stderr.flush()
-        if comm.size > 1:
-            comm.abort(EXIT_FIT_ERROR)
-        return EXIT_FIT_ERROR
+        return _report_fit_error(exc, comm, errors)
     except BaseException:
         sys.stderr.write(f"[nlsq_mpi] rank {rank()}: uncaught exception in {script}:\n")
         traceback.print_exc()
@@ -64,6 +61,39 @@ def _run_job(script, args, all_ranks):
             comm.abort(1)
         return 1
     return 0
+
+
+def _report_fit_error(exc, comm, errors):
+    """Report an NlsqError once. When every rank raised one (within ERROR_AGREEMENT_SECONDS,
+    on the ``errors`` communicator), rank 0 prints each distinct message and all ranks exit
+    with EXIT_FIT_ERROR; otherwise this rank prints its own and aborts the job."""
+    message = f"{type(exc).__name__}: {exc}"
+    if exc.__cause__ is not None:   # what the user's model raised
+        message += "\n" + "".join(traceback.format_exception(exc.__cause__)).rstrip()
+    everyone = errors is not None and _all_arrive(errors, ERROR_AGREEMENT_SECONDS)
+    if everyone:
+        messages = errors.allgather(message)
+        if comm.rank == 0:
+            for r, text in enumerate(messages):
+                if r == 0 or text not in messages[:r]:
+                    sys.stderr.write(f"[nlsq_mpi] {f'rank {r}: ' if r else ''}{text}\n")
+    else:
+        sys.stderr.write(f"[nlsq_mpi] {f'rank {comm.rank}: ' if comm.rank else ''}{message}\n")
+    sys.stderr.flush()
+    if comm.size > 1 and not everyone:
+        comm.abort(EXIT_FIT_ERROR)
+    return EXIT_FIT_ERROR
+
+
+def _all_arrive(errors, timeout):
+    """Whether every rank of ``errors`` enters this barrier within ``timeout`` seconds."""
+    request = errors.Ibarrier()
+    deadline = time.monotonic() + timeout
+    while not request.Test():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def inspect_dir(directory):

@@ -53,9 +53,10 @@ LANE_LOOP_POINTS = 256_000
 
 def spread_width(width, n_starts, devices):
     """Lanes per device when lanes step one after another, where the width cannot change a
-    lane's result: at most ``width``, few enough that n_starts fill all ``devices`` (over
-    all ranks), rounded up to a power of two so that few shapes get compiled (a lane
-    that is not running costs nothing)."""
+    lane's result: at most ``width``, and no more than each of ``devices`` (over all ranks)
+    needs to hold an even share of n_starts, rounded up to a power of two so that few
+    shapes get compiled (a lane that is not running costs nothing; the driver shares the
+    starts out evenly and deals the running lanes over a rank's devices)."""
     share = -(-n_starts // devices)
     return min(width, 1 << (share - 1).bit_length())
 
@@ -112,8 +113,12 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
     devices = compute_devices(*comm.local_split())
     devices = devices[:min(comm.allgather(len(devices)))]
     if batch_size is None and steps_lane_by_lane(c.ydata.size):
+        # Every device that a start can fill keeps its lanes: the running ones are dealt
+        # over the devices each interval, whatever the width.
         width = spread_width(width, c.n_starts, comm.size * len(devices))
-    devices = devices[:max(1, min(len(devices), -(-c.n_starts // (comm.size * width))))]
+        devices = devices[:max(1, min(len(devices), -(-c.n_starts // comm.size)))]
+    else:
+        devices = devices[:max(1, min(len(devices), -(-c.n_starts // (comm.size * width))))]
     stop = StopControl(walltime) if workflow == "hpc" or ckpt else None
     with stop or contextlib.nullcontext(), (ckpt.flushing() if ckpt else contextlib.nullcontext()):
         table = run_starts(

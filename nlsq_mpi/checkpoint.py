@@ -222,12 +222,13 @@ class Checkpointer:
                 if self.comm.rank == 0:
                     _write_rows(dsets["table"], data["table"])
                     _write_rows(dsets["best_x"], best_x)
-        if os.environ.get("NLSQ_MPI_FAULT") == f"kill-before-rename:{snap.round}":
-            os.kill(os.getpid(), 9)   # fault injection for the tests: die mid-write
         if self.comm.rank == 0:
             # The previous generation is in place before this one is: its publisher, started
             # an interval ago, has had this file's writing to finish in.
             self.flush()
+        if os.environ.get("NLSQ_MPI_FAULT") == f"kill-before-rename:{snap.round}":
+            os.kill(os.getpid(), 9)   # fault injection for the tests: die mid-write
+        if self.comm.rank == 0:
             self._publisher = threading.Thread(target=self._publish, args=(tmp, snap.round),
                                                name="nlsq_mpi-checkpoint", daemon=False)
             self._publisher.start()

@@ -3,7 +3,7 @@ lanes per device of a wide CPU batch."""
 import numpy as np
 
 from nlsq_mpi.api import default_batch_width, spread_width
-from nlsq_mpi.parallel.driver import Batch, deal_running
+from nlsq_mpi.parallel.driver import Batch, deal_running, queue_shares
 from nlsq_mpi.solver import EMPTY, RUNNING
 
 
@@ -42,6 +42,7 @@ def test_cpu_lane_loop_batches_hold_many_starts():
     assert default_batch_width(100_000, 5) == 16
     assert default_batch_width(200, 5) == 16          # lanes step together (vmap)
     assert spread_width(128, 100, 2) == 64            # 50 each, rounded up to a power of two
+    assert spread_width(128, 100, 3) == 64
     assert spread_width(128, 1000, 2) == 128
     assert spread_width(16, 1, 4) == 1
 
@@ -53,6 +54,7 @@ def test_drained_batch_runs_to_the_end_in_one_call_with_the_same_bits(seed_probl
     from conftest import SEED_BOUNDS, seed_model
     from nlsq_mpi import fit
     from nlsq_mpi.parallel import driver
+    from nlsq_mpi.parallel.devices import wait_for_builds
 
     calls = []
     advance = driver.LaneDevices.advance
@@ -63,6 +65,9 @@ def test_drained_batch_runs_to_the_end_in_one_call_with_the_same_bits(seed_probl
     # 4 lanes per device, at most 8 devices: some of the 40 starts wait for a free lane.
     common = dict(sigma=s, bounds=SEED_BOUNDS, n_starts=40, seed=1, checkpoint_interval=3,
                   batch_size=4)
+    fit(seed_model, x, y, workflow="auto_global", **common)
+    assert wait_for_builds(timeout=120)   # no draining while a device lacks its program
+    calls[:] = []
     drained = fit(seed_model, x, y, workflow="auto_global", **common)
     drain_calls, calls[:] = list(calls), []
     stepped = fit(seed_model, x, y, workflow="hpc", progress_seconds=1e9, **common)
@@ -71,3 +76,12 @@ def test_drained_batch_runs_to_the_end_in_one_call_with_the_same_bits(seed_probl
     for key in ("x", "cost", "status", "nit", "nfev"):
         np.testing.assert_array_equal(getattr(drained.starts, key), getattr(stepped.starts, key),
                                       err_msg=key)
+
+
+def test_a_short_queue_is_shared_out_evenly_over_the_ranks():
+    assert queue_shares(100, [64, 64]) == [50, 50]
+    assert queue_shares(101, [64, 64]) == [51, 50]
+    assert queue_shares(500, [64, 64]) == [64, 64]     # longer than the free lanes
+    assert queue_shares(30, [5, 64, 64]) == [5, 13, 12]
+    assert queue_shares(3, [0, 2, 2]) == [0, 2, 1]
+    assert queue_shares(0, [4, 4]) == [0, 0]

@@ -77,6 +77,21 @@ def test_fit_error_is_one_clean_line_and_status_2(ranks):
     assert "Traceback" not in p.stderr
 
 
+def test_fit_error_on_one_rank_alone_still_ends_the_job():
+    t0 = time.monotonic()
+    p = mpirun(2, "-m", "nlsq_mpi", str(JOBS / "input_error_on_rank1.py"), timeout=60)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "[nlsq_mpi] rank 1: InputError: p0: deliberate error on rank 1" in p.stderr
+    assert time.monotonic() - t0 < 40
+
+
+def test_model_failure_shows_what_the_model_raised():
+    p = mpirun(2, "-m", "nlsq_mpi", str(JOBS / "failing_model_job.py"), timeout=60)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert p.stderr.count("[nlsq_mpi] ModelError: model") == 1, p.stderr[-2000:]
+    assert "NameError: name 'undefined_name' is not defined" in p.stderr
+
+
 def test_runner_passes_argv_and_exit_status(tmp_path):
     script = tmp_path / "job.py"
     script.write_text("import sys\nprint('ARGS', sys.argv)\nsys.exit(int(sys.argv[1]))\n")

@@ -126,25 +126,30 @@ class LaneDevices:
         import jax
         self.devices = list(devices)
         self.problems = [jax.device_put(problem, d) for d in self.devices]
+        # Whether every device ran its own program in the last call (a long call made
+        # before then would keep a device's lanes on the first device throughout).
+        self.all_built = len(self.devices) == 1
 
     def advance(self, advance, state, n_steps, running):
         """``advance`` applied to every device's slice of the host ``state``; ``running``
         (per lane) says which slices have work. Returns host arrays."""
         import jax
         k, width, n_steps = len(self.devices), len(running), int(n_steps)
-        pieces = []
+        pieces, built = [], True
         for i, (device, problem) in enumerate(zip(self.devices, self.problems)):
             lanes = slice(i * width // k, (i + 1) * width // k)
             part = jax.tree.map(lambda a: a[lanes], state)
+            program = _program(advance, device, problem, part, n_steps) if i else None
+            built = built and (i == 0 or program is not None)
             if not running[lanes].any():
                 pieces.append(part)
                 continue
-            program = _program(advance, device, problem, part, n_steps) if i else None
             if program is None:   # the first device, or this one's copy is not built yet
                 pieces.append(advance(self.problems[0], jax.device_put(part, self.devices[0]),
                                       n_steps))
             else:
                 pieces.append(program(problem, jax.device_put(part, device), n_steps))
+        self.all_built = built
         return jax.tree.map(lambda *a: np.concatenate([np.asarray(x) for x in a]), *pieces)
 
 
@@ -192,7 +197,7 @@ def _program(advance, device, problem, part, n_steps):
 
     thread = threading.Thread(target=build, name=f"nlsq_mpi-compile-{device.id}")
     with _PROGRAMS_LOCK:
-        _BUILDS.append(thread)
+        _BUILDS[:] = [t for t in _BUILDS if t.is_alive()] + [thread]
     thread.start()
     return None
 

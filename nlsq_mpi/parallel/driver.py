@@ -84,6 +84,24 @@ def deal_running(batch, slices):
                  batch.start_of_lane[order])
 
 
+def queue_shares(queued, frees):
+    """How many of the ``queued`` starts each rank takes, given its free lanes: all of them
+    while the queue lasts; when it runs short, as evenly as the free lanes allow (the
+    remainder to the lower ranks), so one rank does not take the whole tail of the queue
+    while another's lanes stay empty (100 starts on 2 ranks of 64 lanes: 50 and 50, not
+    64 and 36). The same on every rank: it depends on gathered numbers only."""
+    shares = [0] * len(frees)
+    left = min(queued, sum(frees))
+    while left > 0:
+        open_ranks = [r for r, free in enumerate(frees) if shares[r] < free]
+        each = max(1, left // len(open_ranks))
+        for r in open_ranks:
+            give = min(each, frees[r] - shares[r], left)
+            shares[r] += give
+            left -= give
+    return shares
+
+
 def harvest(batch):
     """Take the finished lanes out of the batch; returns (batch, rows) where rows holds the
     finished starts' results as plain arrays (what ranks exchange)."""
@@ -146,9 +164,10 @@ def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scal
     ``checkpoint`` (a CheckpointHook) writes when rank 0 says it is due, on a stop and at
     the end, from the in-flight states gathered in the same collective.
     With ``drain`` (one process, nothing to checkpoint, log or stop between intervals), once
-    no start is pending the batch runs to the end in one call: no round trips to the host
-    while the last starts finish (100 starts at m=2,000: 0.124 -> 0.115 s). A lane's result
-    does not depend on how its steps are grouped into calls.
+    no start is pending and every device runs its own program, the batch runs to the end
+    in one call: no round trips to the host while the last starts finish (100 starts at
+    m=2,000: 0.124 -> 0.108 s). A lane's result does not depend on how its steps are
+    grouped into calls.
     """
     n_starts, n_params = x0.shape
     devices = devices or jax.local_devices()[:1]
@@ -171,16 +190,18 @@ def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scal
     t0, last_log = time.perf_counter(), -float("inf")
     while True:
         if rebalance:
-            offset = sum(frees[:comm.rank])
-            mine = shared_queue[offset:offset + frees[comm.rank]]
-            shared_queue = shared_queue[sum(frees):]
+            shares = queue_shares(len(shared_queue), frees)
+            offset = sum(shares[:comm.rank])
+            mine = shared_queue[offset:offset + shares[comm.rank]]
+            shared_queue = shared_queue[sum(shares):]
             batch, _ = fill_lanes(batch, mine, table.x0, lb, ub, x_scale_inv, saved)
         else:
             batch, own_queue = fill_lanes(batch, own_queue, table.x0, lb, ub, x_scale_inv, saved)
         batch = deal_running(batch, len(devices))
         running = batch.state.status == RUNNING
         queued = len(shared_queue) + len(own_queue)
-        n_steps = DRAIN_STEPS if drain and not queued else interval
+        drains = drain and not queued and lane_devices.all_built
+        n_steps = DRAIN_STEPS if drains else interval
         if running.any():
             batch = Batch(lane_devices.advance(advance, batch.state, n_steps, running),
                           batch.start_of_lane)
