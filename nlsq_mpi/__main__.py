@@ -36,7 +36,8 @@ def _run_job(script, args, all_ranks):
     from .parallel.driver import EXIT_PREEMPTED
     comm = get_comm()
     # A communicator of its own for agreeing on an error: a rank that is still inside a
-    # collective of the job cannot mistake that agreement for its own operation.
+    # collective of the job cannot mistake that agreement for its own operation. (Its
+    # creation is collective: every rank must start through this runner.)
     errors = comm.comm.Dup() if comm.size > 1 else None
     quiet = comm.rank != 0 and not (all_ranks or os.environ.get("NLSQ_MPI_ALL_RANKS") == "1")
     if quiet:

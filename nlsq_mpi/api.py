@@ -51,6 +51,19 @@ def default_batch_width(m, n):
 LANE_LOOP_POINTS = 256_000
 
 
+def lanes_and_devices(width, n_starts, ranks, devices, spread):
+    """(lanes per device, the devices used) for a rank that sees ``devices`` (GPUs, or host
+    devices for its cores). With ``spread`` (lanes stepping one after another at the
+    default width) the width shrinks to what an even share of the starts needs
+    (``spread_width``) and every device a start can fill keeps its lanes: the running
+    ones are dealt over the devices each interval. Otherwise each device gets ``width``
+    lanes and the devices the starts cannot fill are left out."""
+    if spread:
+        width = spread_width(width, n_starts, ranks * len(devices))
+        return width, devices[:max(1, min(len(devices), -(-n_starts // ranks)))]
+    return width, devices[:max(1, min(len(devices), -(-n_starts // (ranks * width))))]
+
+
 def spread_width(width, n_starts, devices):
     """Lanes per device when lanes step one after another, where the width cannot change a
     lane's result: at most ``width``, and no more than each of ``devices`` (over all ranks)
@@ -103,22 +116,15 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
     if checkpoint_dir is not None:
         ckpt, snap = open_checkpoint(comm, checkpoint_dir, resume, problem_fingerprint(
             model, jac, c, x0, loss, f_scale, x_scale, ftol, xtol, gtol, max_nfev, seed))
-        if snap is not None:
-            width = batch_size or snap.lane_width
+        if snap is not None and not steps_lane_by_lane(c.ydata.size):
+            width = batch_size or snap.lane_width   # where the width can change the bits
     resume_from = snap.path if snap is not None else None
-    # A rank that sees several devices (GPUs, or host devices for its cores) gives each
-    # ``width`` lanes, using no more devices than its share of the starts fills. Every rank
-    # must run the same width (the driver cuts the shared queue by it and the checkpoint's
-    # attributes carry it), so all use the fewest devices any rank has.
+    # Every rank must run the same width (the driver gathers each rank's free lanes; the
+    # checkpoint's attributes carry the width), so all use the fewest devices any rank has.
     devices = compute_devices(*comm.local_split())
     devices = devices[:min(comm.allgather(len(devices)))]
-    if batch_size is None and steps_lane_by_lane(c.ydata.size):
-        # Every device that a start can fill keeps its lanes: the running ones are dealt
-        # over the devices each interval, whatever the width.
-        width = spread_width(width, c.n_starts, comm.size * len(devices))
-        devices = devices[:max(1, min(len(devices), -(-c.n_starts // comm.size)))]
-    else:
-        devices = devices[:max(1, min(len(devices), -(-c.n_starts // (comm.size * width))))]
+    width, devices = lanes_and_devices(width, c.n_starts, comm.size, devices,
+                                       batch_size is None and steps_lane_by_lane(c.ydata.size))
     stop = StopControl(walltime) if workflow == "hpc" or ckpt else None
     with stop or contextlib.nullcontext(), (ckpt.flushing() if ckpt else contextlib.nullcontext()):
         table = run_starts(

@@ -227,6 +227,7 @@ class Checkpointer:
             # an interval ago, has had this file's writing to finish in.
             self.flush()
         if os.environ.get("NLSQ_MPI_FAULT") == f"kill-before-rename:{snap.round}":
+            self.comm.barrier()       # every rank dies only once the file is written
             os.kill(os.getpid(), 9)   # fault injection for the tests: die mid-write
         if self.comm.rank == 0:
             self._publisher = threading.Thread(target=self._publish, args=(tmp, snap.round),

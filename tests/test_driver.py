@@ -2,7 +2,7 @@
 lanes per device of a wide CPU batch."""
 import numpy as np
 
-from nlsq_mpi.api import default_batch_width, spread_width
+from nlsq_mpi.api import default_batch_width, lanes_and_devices, spread_width
 from nlsq_mpi.parallel.driver import Batch, deal_running, queue_shares
 from nlsq_mpi.solver import EMPTY, RUNNING
 
@@ -85,3 +85,13 @@ def test_a_short_queue_is_shared_out_evenly_over_the_ranks():
     assert queue_shares(30, [5, 64, 64]) == [5, 13, 12]
     assert queue_shares(3, [0, 2, 2]) == [0, 2, 1]
     assert queue_shares(0, [4, 4]) == [0, 0]
+
+
+def test_spread_lanes_keep_every_device_a_start_can_fill():
+    devices = ["d0", "d1", "d2"]
+    assert lanes_and_devices(128, 100, 1, devices, spread=True) == (64, devices)
+    assert lanes_and_devices(128, 2, 1, devices, spread=True) == (1, devices[:2])
+    assert lanes_and_devices(128, 100, 2, devices, spread=True) == (32, devices)
+    # A width given (or stepping together): the devices the starts cannot fill are left out.
+    assert lanes_and_devices(16, 20, 1, devices, spread=False) == (16, devices[:2])
+    assert lanes_and_devices(16, 100, 1, devices, spread=False) == (16, devices)

@@ -90,6 +90,9 @@ def test_model_failure_shows_what_the_model_raised():
     assert p.returncode == 2, p.stderr[-2000:]
     assert p.stderr.count("[nlsq_mpi] ModelError: model") == 1, p.stderr[-2000:]
     assert "NameError: name 'undefined_name' is not defined" in p.stderr
+    # The model's own traceback, pointing at the user's line, follows the one-line error.
+    assert "Traceback (most recent call last)" in p.stderr
+    assert 'failing_model_job.py", line 9, in model' in p.stderr
 
 
 def test_runner_passes_argv_and_exit_status(tmp_path):
@@ -167,4 +170,5 @@ def test_second_device_program_is_built_in_the_background():
                  "PYTHONPATH": str(ROOT / "tests")})
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.strip().splitlines()[-1] == \
-        '{"devices": 2, "device_1_program_calls": 1, "same": true}'
+        '{"devices": 2, "built_at_first": false, "built_later": true, ' \
+        '"device_1_program_calls": 1, "same": true}'

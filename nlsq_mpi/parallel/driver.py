@@ -156,11 +156,13 @@ def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scal
 
     One collective per interval: every rank contributes the rows it finished, its free lanes,
     its remaining queue and whether it was asked to stop. With ``rebalance`` the pending
-    starts form one replicated queue, cut in rank order by free lanes, so no rank idles while
-    starts are pending; without it, start i belongs to rank i % size. ``stop`` answers
-    whether this rank must stop; a stop writes a checkpoint and raises Preempted.
-    With several local ``devices`` the lanes of each batch are split over them (the batch
-    width must be a multiple of their number), each device running the same program.
+    starts form one replicated queue, cut in rank order by free lanes (``queue_shares``:
+    evenly once it runs short), so no rank idles while starts are pending; without it,
+    start i belongs to rank i % size. ``stop`` answers whether this rank must stop; a stop
+    writes a checkpoint and raises Preempted. With several local ``devices`` the lanes of
+    each batch are split over them, the running ones dealt evenly each interval
+    (``deal_running``; the batch width must be a multiple of their number), each device
+    running the same program.
     ``checkpoint`` (a CheckpointHook) writes when rank 0 says it is due, on a stop and at
     the end, from the in-flight states gathered in the same collective.
     With ``drain`` (one process, nothing to checkpoint, log or stop between intervals), once

@@ -22,6 +22,7 @@ state = jax.tree.map(np.asarray, init_state(x0, c.lb, c.ub, c.x_scale_inv))
 lanes = dev.LaneDevices(jax.devices()[:2], problem)
 running = np.ones(8, bool)
 first = lanes.advance(advance, state, 5, running)      # lanes 4-7 on device 0 for now
+built_at_first = lanes.all_built                       # the driver does not drain yet
 assert dev.wait_for_builds(timeout=120), "device 1's program was never built"
 programs = dev._PROGRAMS[advance]
 key = next(key for key, program in programs.items() if key[0] == 1 and program is not None)
@@ -29,6 +30,7 @@ calls = []
 program = programs[key]
 programs[key] = lambda *args: calls.append(1) or program(*args)
 later = lanes.advance(advance, state, 5, running)      # lanes 4-7 on device 1
-print(json.dumps({"devices": len(jax.devices()), "device_1_program_calls": len(calls),
+print(json.dumps({"devices": len(jax.devices()), "built_at_first": built_at_first,
+                  "built_later": lanes.all_built, "device_1_program_calls": len(calls),
                   "same": all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(first),
                                                                     jax.tree.leaves(later)))}))
