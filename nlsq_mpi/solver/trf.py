@@ -23,6 +23,7 @@ import numpy as np
 from jax import lax
 
 from . import linalg
+from .fastmath import with_fast_trig
 from .losses import loss_cost, scale_for_loss
 from .status import EMPTY, FAILED, RUNNING
 
@@ -261,107 +262,114 @@ def make_step(model: Callable, jac: Callable | None, opts: Options):
     back to ``householder_factor``), take one trial step; the lanes together or one
     after another (``steps_lane_by_lane``). Lanes that are not running are left as they
     are."""
-    residual, residual_and_jacobian_t = make_residual_fns(model, jac, opts)
+    def step_parts(residual, residual_and_jacobian_t):
+        """(linearize, trial) over the given residual functions."""
+        def linearize(problem: Problem, st: SolverState):
+            lb, ub = problem.lb, problem.ub
+            f_true, Jt = residual_and_jacobian_t(problem, st.x)
+            cost = jnp.where(st.fresh, loss_cost(opts.loss, f_true, problem.f_scale), st.cost)
+            f, Jt = scale_for_loss(opts.loss, f_true, Jt, problem.f_scale)
+            g = Jt @ f
+            G0 = Jt @ Jt.T
+            # A non-finite entry of f or J always makes g = J^T f non-finite (inf*0 and NaN*x are
+            # NaN; a sum with an inf or NaN term is never finite), so the n entries of g stand for
+            # the m*(n+1) of f and J: XLA fused that test with another evaluation of the model
+            # and its Jacobian (one step 340 -> 255 us per lane at m=2,000). g also fails when
+            # J^T f overflows, which leaves nothing to step on either.
+            finite = jnp.all(jnp.isfinite(g))
 
-    def linearize(problem: Problem, st: SolverState):
-        lb, ub = problem.lb, problem.ub
-        f_true, Jt = residual_and_jacobian_t(problem, st.x)
-        cost = jnp.where(st.fresh, loss_cost(opts.loss, f_true, problem.f_scale), st.cost)
-        f, Jt = scale_for_loss(opts.loss, f_true, Jt, problem.f_scale)
-        g = Jt @ f
-        G0 = Jt @ Jt.T
-        # A non-finite entry of f or J always makes g = J^T f non-finite (inf*0 and NaN*x are
-        # NaN; a sum with an inf or NaN term is never finite), so the n entries of g stand for
-        # the m*(n+1) of f and J: XLA fused that test with another evaluation of the model
-        # and its Jacobian (one step 340 -> 255 us per lane at m=2,000). g also fails when
-        # J^T f overflows, which leaves nothing to step on either.
-        finite = jnp.all(jnp.isfinite(g))
+            if opts.jac_scale:
+                col_norms = jnp.diag(G0) ** 0.5
+                scale_inv = jnp.where(st.fresh, jnp.where(col_norms == 0, 1.0, col_norms),
+                                      jnp.where(st.accepted, jnp.maximum(col_norms, st.scale_inv),
+                                                st.scale_inv))
+            else:
+                scale_inv = problem.x_scale_inv
+            scale = 1 / scale_inv
 
-        if opts.jac_scale:
-            col_norms = jnp.diag(G0) ** 0.5
-            scale_inv = jnp.where(st.fresh, jnp.where(col_norms == 0, 1.0, col_norms),
-                                  jnp.where(st.accepted, jnp.maximum(col_norms, st.scale_inv),
-                                            st.scale_inv))
-        else:
-            scale_inv = problem.x_scale_inv
-        scale = 1 / scale_inv
+            v, dv = linalg.cl_scaling_vector(st.x, g, lb, ub)
+            g_norm = jnp.max(jnp.abs(g * v))
+            v = jnp.where(dv != 0, v * scale_inv, v)
+            Delta0 = jnp.linalg.norm(st.x * scale_inv / v**0.5)
+            nfev = jnp.where(st.fresh, 1, st.nfev)
 
-        v, dv = linalg.cl_scaling_vector(st.x, g, lb, ub)
-        g_norm = jnp.max(jnp.abs(g * v))
-        v = jnp.where(dv != 0, v * scale_inv, v)
-        Delta0 = jnp.linalg.norm(st.x * scale_inv / v**0.5)
-        nfev = jnp.where(st.fresh, 1, st.nfev)
+            # The test at the top of scipy's outer loop.
+            status = jnp.where(g_norm < problem.gtol, 1,
+                               jnp.where(st.pending >= 0, st.pending,
+                                         jnp.where(nfev >= problem.max_nfev, 0, RUNNING)))
+            lin = Linearization(
+                f=f, Jt=Jt, g=g, cost=cost, finite=finite,
+                scale_inv=jnp.broadcast_to(scale_inv, st.x.shape), d=v**0.5 * scale,
+                diag_h=g * dv * scale, g_norm=g_norm,
+                Delta=jnp.where(st.fresh, jnp.where(Delta0 == 0, 1.0, Delta0), st.Delta),
+                alpha=jnp.where(st.fresh, 0.0, st.alpha), nfev=nfev,
+                njev=jnp.where(st.fresh, 1, st.njev + st.accepted.astype(jnp.int32)),
+                status=jnp.where(st.fresh & ~finite, FAILED, status))
+            return lin, G0
 
-        # The test at the top of scipy's outer loop.
-        status = jnp.where(g_norm < problem.gtol, 1,
-                           jnp.where(st.pending >= 0, st.pending,
-                                     jnp.where(nfev >= problem.max_nfev, 0, RUNNING)))
-        lin = Linearization(
-            f=f, Jt=Jt, g=g, cost=cost, finite=finite,
-            scale_inv=jnp.broadcast_to(scale_inv, st.x.shape), d=v**0.5 * scale,
-            diag_h=g * dv * scale, g_norm=g_norm,
-            Delta=jnp.where(st.fresh, jnp.where(Delta0 == 0, 1.0, Delta0), st.Delta),
-            alpha=jnp.where(st.fresh, 0.0, st.alpha), nfev=nfev,
-            njev=jnp.where(st.fresh, 1, st.njev + st.accepted.astype(jnp.int32)),
-            status=jnp.where(st.fresh & ~finite, FAILED, status))
-        return lin, G0
+        def trial(problem: Problem, st: SolverState, lin: Linearization, factor: Factor):
+            lb, ub = problem.lb, problem.ub
+            m = lin.f.shape[0]
+            Delta, alpha, cost, nfev = lin.Delta, lin.alpha, lin.cost, lin.nfev
+            d = lin.d
+            g_h = d * lin.g
+            theta = jnp.maximum(0.995, 1 - lin.g_norm)
+            p_h, alpha_trial = linalg.solve_lsq_trust_region(
+                m, factor.Ur.T @ factor.qf, factor.s, factor.Vt.T, Delta, alpha)
+            p = d * p_h
+            step_x, step_h, predicted = linalg.select_step(
+                st.x, factor.R, lin.diag_h, g_h, p, p_h, d, Delta, lb, ub, theta)
+            x_new = linalg.make_strictly_feasible(st.x + step_x, lb, ub, 0)
+            f_new = residual(problem, x_new)
+            step_h_norm = jnp.linalg.norm(step_h)
+            cost_new = loss_cost(opts.loss, f_new, problem.f_scale)
+            # As above, the sum stands for f_new's entries, except where rho is bounded (arctan).
+            new_finite = jnp.isfinite(cost_new)
+            if opts.loss == "arctan":
+                new_finite = new_finite & jnp.all(jnp.isfinite(f_new))
+            reduction = cost - cost_new
+            Delta_new, ratio = linalg.update_tr_radius(
+                Delta, reduction, predicted, step_h_norm, step_h_norm > 0.95 * Delta)
+            term = linalg.check_termination(reduction, cost, jnp.linalg.norm(step_x),
+                                            jnp.linalg.norm(st.x), ratio, problem.ftol, problem.xtol)
+            term = jnp.where(new_finite, term, -1)
+            accept = new_finite & (reduction > 0)
+            Delta_next = jnp.where(~new_finite, 0.25 * step_h_norm,
+                                   jnp.where(term >= 0, Delta, Delta_new))
+            alpha_next = jnp.where(new_finite & (term < 0), alpha_trial * Delta / Delta_new, alpha_trial)
+            nfev_next = nfev + 1
+            outer_done = accept | (term >= 0) | (nfev_next >= problem.max_nfev)
 
-    def trial(problem: Problem, st: SolverState, lin: Linearization, factor: Factor):
-        lb, ub = problem.lb, problem.ub
-        m = lin.f.shape[0]
-        Delta, alpha, cost, nfev = lin.Delta, lin.alpha, lin.cost, lin.nfev
-        d = lin.d
-        g_h = d * lin.g
-        theta = jnp.maximum(0.995, 1 - lin.g_norm)
-        p_h, alpha_trial = linalg.solve_lsq_trust_region(
-            m, factor.Ur.T @ factor.qf, factor.s, factor.Vt.T, Delta, alpha)
-        p = d * p_h
-        step_x, step_h, predicted = linalg.select_step(
-            st.x, factor.R, lin.diag_h, g_h, p, p_h, d, Delta, lb, ub, theta)
-        x_new = linalg.make_strictly_feasible(st.x + step_x, lb, ub, 0)
-        f_new = residual(problem, x_new)
-        step_h_norm = jnp.linalg.norm(step_h)
-        cost_new = loss_cost(opts.loss, f_new, problem.f_scale)
-        # As above, the sum stands for f_new's entries, except where rho is bounded (arctan).
-        new_finite = jnp.isfinite(cost_new)
-        if opts.loss == "arctan":
-            new_finite = new_finite & jnp.all(jnp.isfinite(f_new))
-        reduction = cost - cost_new
-        Delta_new, ratio = linalg.update_tr_radius(
-            Delta, reduction, predicted, step_h_norm, step_h_norm > 0.95 * Delta)
-        term = linalg.check_termination(reduction, cost, jnp.linalg.norm(step_x),
-                                        jnp.linalg.norm(st.x), ratio, problem.ftol, problem.xtol)
-        term = jnp.where(new_finite, term, -1)
-        accept = new_finite & (reduction > 0)
-        Delta_next = jnp.where(~new_finite, 0.25 * step_h_norm,
-                               jnp.where(term >= 0, Delta, Delta_new))
-        alpha_next = jnp.where(new_finite & (term < 0), alpha_trial * Delta / Delta_new, alpha_trial)
-        nfev_next = nfev + 1
-        outer_done = accept | (term >= 0) | (nfev_next >= problem.max_nfev)
+            running = lin.status == RUNNING
+            keep = lambda trial, here: jnp.where(running, trial, here)
+            return SolverState(
+                x=keep(jnp.where(accept, x_new, st.x), st.x),
+                cost=keep(jnp.where(accept, cost_new, cost), jnp.where(lin.finite, cost, jnp.inf)),
+                Delta=keep(Delta_next, Delta),
+                alpha=keep(alpha_next, alpha),
+                scale_inv=lin.scale_inv,
+                optimality=lin.g_norm,
+                nfev=keep(nfev_next, nfev),
+                njev=lin.njev,
+                nit=st.nit + (running & outer_done).astype(jnp.int32),
+                status=lin.status,
+                pending=keep(term, st.pending),
+                accepted=running & accept,
+                fresh=jnp.zeros_like(st.fresh),
+            )
 
-        running = lin.status == RUNNING
-        keep = lambda trial, here: jnp.where(running, trial, here)
-        return SolverState(
-            x=keep(jnp.where(accept, x_new, st.x), st.x),
-            cost=keep(jnp.where(accept, cost_new, cost), jnp.where(lin.finite, cost, jnp.inf)),
-            Delta=keep(Delta_next, Delta),
-            alpha=keep(alpha_next, alpha),
-            scale_inv=lin.scale_inv,
-            optimality=lin.g_norm,
-            nfev=keep(nfev_next, nfev),
-            njev=lin.njev,
-            nit=st.nit + (running & outer_done).astype(jnp.int32),
-            status=lin.status,
-            pending=keep(term, st.pending),
-            accepted=running & accept,
-            fresh=jnp.zeros_like(st.fresh),
-        )
+        return linearize, trial
+
+    linearize, trial = step_parts(*make_residual_fns(model, jac, opts))
+    # One lane at a time, sin and cos run vectorised (fastmath): XLA's own take 6 ns a point.
+    lane_linearize, lane_trial = step_parts(*make_residual_fns(
+        with_fast_trig(model), jac and with_fast_trig(jac), opts))
 
     def lane_step(problem: Problem, st: SolverState) -> SolverState:
-        lin, G0 = linearize(problem, st)
+        lin, G0 = lane_linearize(problem, st)
         factor, ok = gram_factor(lin, G0)
         factor = lax.cond((lin.status == RUNNING) & ~ok, householder_factor, lambda _: factor, lin)
-        return trial(problem, st, lin, factor)
+        return lane_trial(problem, st, lin, factor)
 
     def step(problem: Problem, st: SolverState) -> SolverState:
         if steps_lane_by_lane(problem.ydata.shape[0]):
