@@ -69,3 +69,12 @@ def test_float32_and_explicit_accuracy_are_left_to_xla():
     assert "cond[" not in str(jax.make_jaxpr(fast)(x32))
     exact = fastmath.with_fast_trig(lambda v: lax.sin(v, accuracy=lax.Tolerance(atol=0.0, rtol=0.0, ulps=1)))
     assert "cond[" not in str(jax.make_jaxpr(exact)(jnp.linspace(0.0, 1.0, 8)))
+
+
+def test_models_of_cheap_operations_are_told_from_costly_ones():
+    x = jnp.linspace(0.0, 1.0, 8)
+    seed = lambda x, a, b, c, d, e: a * jnp.exp(-b * x) * jnp.cos(c * x + d) + e
+    assert fastmath.only_cheap_ops(seed, x, 1.0, 2.0, 3.0, 4.0, 5.0)
+    assert fastmath.only_cheap_ops(_trig_model, x, 1.5, 2.0, 0.7)   # nested jit, lax.cond
+    assert not fastmath.only_cheap_ops(lambda x, a, b: a * x ** b, x, 1.0, 2.5)   # pow
+    assert not fastmath.only_cheap_ops(jax.jit(lambda x, a: jnp.log(a * x)), x, 2.0)

@@ -120,6 +120,31 @@ def _evaluate(jaxpr, consts, args):
     return [read(v) for v in jaxpr.outvars]
 
 
+# Primitives that cost about as little as a copy of their result, or that XLA does not fuse
+# (a dot, a conditional): recomputing them is cheaper than materialising what they make.
+# With sin and cos (replaced here) and exp (vectorised by XLA), the seed model's set.
+CHEAP_PRIMITIVES = frozenset({
+    "add", "sub", "mul", "div", "neg", "abs", "sign", "max", "min", "exp", "exp2",
+    "integer_pow", "square", "sqrt", "rsqrt", "sin", "cos", "tanh", "logistic", "floor", "ceil",
+    "round", "select_n", "clamp", "eq", "ne", "lt", "le", "gt", "ge", "and", "or", "not",
+    "convert_element_type", "broadcast_in_dim", "reshape", "squeeze", "expand_dims", "slice",
+    "dynamic_slice", "concatenate", "transpose", "rev", "iota", "copy", "copy_p", "pjit", "jit",
+    "reduce_sum", "reduce_max", "reduce_min", "dot_general", "stop_gradient", "cond",
+})
+
+
+def only_cheap_ops(fn, *args):
+    """Whether fn(*args) uses CHEAP_PRIMITIVES only (inside nested jit too)."""
+    def cheap(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name not in CHEAP_PRIMITIVES:
+                return False
+            if eqn.primitive.name in ("jit", "pjit") and not cheap(eqn.params["jaxpr"].jaxpr):
+                return False
+        return True
+    return cheap(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
 def with_fast_trig(fn):
     """``fn`` with its float64 sin and cos evaluated by this module's kernels (traced once
     per call into a jaxpr, then evaluated with the replacements)."""
