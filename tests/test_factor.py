@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nlsq_mpi.solver.trf import GRAM_MAX_CONDITION, Linearization, factorize, gram_factor
+from nlsq_mpi.solver.trf import (CHOLQR2_MAX_CONDITION, GRAM_MAX_CONDITION, Linearization,
+                                 cholqr2_factor, factorize, gram_factor)
 
 
 def _lanes(Js, f, diag_h, d=None):
@@ -68,3 +69,35 @@ def test_lanes_not_running_never_trigger_householder(lane_by_lane):
     idle = factor(lin, G0, jnp.array([False]), lane_by_lane)
     running = factor(lin, G0, jnp.array([True]), lane_by_lane)
     assert not np.all(np.isfinite(idle.R)) and np.all(np.isfinite(running.R))
+
+
+def test_moderately_ill_conditioned_lanes_take_cholesky_qr2():
+    """Between GRAM_MAX_CONDITION and CHOLQR2_MAX_CONDITION one more Cholesky QR pass makes
+    R as accurate as Householder's; beyond, it reports itself not ok."""
+    rng = np.random.default_rng(2)
+    m, n = 400, 4
+    U, _ = np.linalg.qr(rng.standard_normal((m, n)))
+    V, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    f = rng.standard_normal(m)
+    diag_h = np.array([[0.0, 1e-9, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    d = np.array([rng.uniform(0.9, 1.1, n), np.ones(n)])
+    moderate = U @ np.diag([1.0, 1e-1, 1e-3, 1e-6]) @ V.T      # cond 1e6
+    hopeless = U @ np.diag([1.0, 1e-2, 1e-5, 1e-9]) @ V.T      # cond 1e9
+    Js = jnp.asarray(np.stack([moderate, hopeless]))
+    lin = _lanes(Js, jnp.asarray(f), jnp.asarray(diag_h), jnp.asarray(d))
+    G0 = jnp.einsum("kmi,kmj->kij", Js, Js)
+    first, first_ok = jax.jit(jax.vmap(gram_factor))(lin, G0)
+    refined, ok = jax.jit(jax.vmap(cholqr2_factor))(lin, first)
+    assert not bool(first_ok[0]) and bool(ok[0]) and not bool(ok[1])
+    s_ref, uf_ref = _reference(moderate, f, diag_h[0], d[0])
+    assert GRAM_MAX_CONDITION < s_ref[0] / s_ref[-1] < CHOLQR2_MAX_CONDITION
+    np.testing.assert_allclose(refined.s[0], s_ref, rtol=1e-11)
+    np.testing.assert_allclose(np.abs(refined.Ur[0].T @ refined.qf[0]), uf_ref, rtol=1e-9,
+                               atol=1e-12 * np.linalg.norm(f))
+    # The first pass alone was off in the smallest singular value.
+    assert abs(first.s[0][-1] / s_ref[-1] - 1) > 1e-9
+    # factorize gives every running lane an accurate factor, whichever route it took.
+    used = jax.jit(factorize, static_argnums=3)(lin, G0, jnp.array([True, True]), True)
+    for lane, J in enumerate((moderate, hopeless)):
+        np.testing.assert_allclose(used.s[lane], _reference(J, f, diag_h[lane], d[lane])[0],
+                                   rtol=1e-7)

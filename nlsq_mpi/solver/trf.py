@@ -206,6 +206,38 @@ def gram_factor(lin: Linearization, G0):
     return factor, ok
 
 
+# Cholesky QR repeated once (CholeskyQR2; Fukaya, Nakatsukasa, Yanagisawa & Yamamoto, 2014)
+# gives an R as accurate as Householder QR's while cond(R) stays well below eps^-1/2 ~ 7e7:
+# lanes above GRAM_MAX_CONDITION and below this take it, worse ones Householder QR.
+CHOLQR2_MAX_CONDITION = 1e7
+
+
+def cholqr2_factor(lin: Linearization, first: Factor):
+    """Refine ``gram_factor``'s R1 = first.R: Q1 = A R1^-1 for the augmented matrix
+    A = [J D; diag(diag_h)^1/2], R2 from Q1^T Q1, R = R2 R1 and Q^T [f; 0] = R2^-T Q1^T f.
+    One product and one Gram matrix over the m points, where Householder QR copies the
+    augmented matrix and makes two passes per column: at m=100,000 a quarter of the seed
+    bench's steps need a fallback, which Householder QR made cost as much as the step.
+    ``ok`` false where R is too ill-conditioned for this, or a Cholesky factor failed."""
+    n = first.R.shape[0]
+    L1_inv = jax.scipy.linalg.solve_triangular(first.R.T, jnp.eye(n), lower=True)
+    q_top = L1_inv @ (lin.Jt * lin.d[:, None])                 # (J D R1^-1)^T, n x m
+    q_bottom = L1_inv * (lin.diag_h**0.5)[None, :]
+    L2 = jnp.linalg.cholesky(q_top @ q_top.T + q_bottom @ q_bottom.T)
+    qf = jax.scipy.linalg.solve_triangular(L2, q_top @ lin.f, lower=True)
+    factor = svd_factor(L2.T @ first.R, qf)
+    ok = (factor.s[-1] * CHOLQR2_MAX_CONDITION > factor.s[0]) & jnp.all(jnp.isfinite(L2)) \
+        & jnp.all(jnp.isfinite(qf))
+    return factor, ok
+
+
+def exact_factor(lin: Linearization, first: Factor):
+    """The factor of a lane whose Cholesky QR (``first``) is not accurate enough:
+    CholeskyQR2 where that is, Householder QR where it is not."""
+    factor, ok = cholqr2_factor(lin, first)
+    return lax.cond(ok, lambda _: factor, householder_factor, lin)
+
+
 def householder_factor(lin: Linearization):
     """R and Q^T f by Householder QR of [J_h f; diag(diag_h)^1/2 0], for any conditioning."""
     n = lin.d.shape[0]
@@ -218,7 +250,8 @@ def householder_factor(lin: Linearization):
 
 def factorize(lin: Linearization, G0, running, lane_by_lane=None):
     """The factor of every lane of a batch: Cholesky QR, except in the running lanes where it
-    is too ill-conditioned, which are refactored by Householder QR.
+    is too ill-conditioned, which are refactored (``exact_factor`` on CPU, Householder QR
+    on an accelerator).
 
     About 6% of the seed problem's steps need that, so most 16-lane batch steps have such a
     lane. On CPU they are refactored one lane at a time (the cost is what those lanes need:
@@ -234,7 +267,8 @@ def factorize(lin: Linearization, G0, running, lane_by_lane=None):
         return select_lanes(fallback, exact, factor)
 
     def refactor(i, factor):
-        exact = householder_factor(jax.tree.map(lambda a: a[i], lin))
+        lane = lambda tree: jax.tree.map(lambda a: a[i], tree)
+        exact = exact_factor(lane(lin), lane(factor))
         return jax.tree.map(lambda a, e: a.at[i].set(e), factor, exact)
 
     return lax.fori_loop(0, fallback.shape[0], lambda i, factor: lax.cond(
@@ -268,7 +302,7 @@ def make_step(model: Callable, jac: Callable | None, opts: Options):
     """One TRF step for a batch of lanes: ``step(problem, state) -> state``.
 
     Per lane: linearise the model at x, factor the subproblem (``gram_factor``, falling
-    back to ``householder_factor``), take one trial step; the lanes together or one
+    back to ``exact_factor``), take one trial step; the lanes together or one
     after another (``steps_lane_by_lane``). Lanes that are not running are left as they
     are."""
     def step_parts(residual, residual_and_jacobian_t):
@@ -376,7 +410,8 @@ def make_step(model: Callable, jac: Callable | None, opts: Options):
     def lane_step(problem: Problem, st: SolverState) -> SolverState:
         lin, G0 = lane_linearize(problem, st)
         factor, ok = gram_factor(lin, G0)
-        factor = lax.cond((lin.status == RUNNING) & ~ok, householder_factor, lambda _: factor, lin)
+        factor = lax.cond((lin.status == RUNNING) & ~ok, exact_factor, lambda _, first: first,
+                          lin, factor)
         return lane_trial(problem, st, lin, factor)
 
     def step(problem: Problem, st: SolverState) -> SolverState:
