@@ -56,7 +56,8 @@ if __name__ == "__main__":
     ckpt = sys.argv[sys.argv.index("--checkpoint") + 1] if "--checkpoint" in sys.argv else None
     name = sys.argv[sys.argv.index("--problem") + 1] if "--problem" in sys.argv else "seed"
     fn, x, y, kw = problem(name)
-    width = int(sys.argv[sys.argv.index("--batch-size") + 1]) if "--batch-size" in sys.argv else None
+    width = (int(sys.argv[sys.argv.index("--batch-size") + 1]) if "--batch-size" in sys.argv
+             else None)
     common = dict(workflow="hpc", progress_seconds=1e9, rebalance=rebalance, batch_size=width, **kw)
     t0 = time.perf_counter()
     import h5py  # noqa: F401  (what the first checkpointed fit of a process imports)

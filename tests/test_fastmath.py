@@ -67,7 +67,8 @@ def test_float32_and_explicit_accuracy_are_left_to_xla():
     x32 = jnp.linspace(0.0, 1.0, 8, dtype=jnp.float32)
     fast = fastmath.with_fast_trig(lambda v: jnp.sin(v))
     assert "cond[" not in str(jax.make_jaxpr(fast)(x32))
-    exact = fastmath.with_fast_trig(lambda v: lax.sin(v, accuracy=lax.Tolerance(atol=0.0, rtol=0.0, ulps=1)))
+    tolerance = lax.Tolerance(atol=0.0, rtol=0.0, ulps=1)
+    exact = fastmath.with_fast_trig(lambda v: lax.sin(v, accuracy=tolerance))
     assert "cond[" not in str(jax.make_jaxpr(exact)(jnp.linspace(0.0, 1.0, 8)))
 
 

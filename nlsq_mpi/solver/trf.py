@@ -374,12 +374,14 @@ def make_step(model: Callable, jac: Callable | None, opts: Options):
             Delta_new, ratio = linalg.update_tr_radius(
                 Delta, reduction, predicted, step_h_norm, step_h_norm > 0.95 * Delta)
             term = linalg.check_termination(reduction, cost, jnp.linalg.norm(step_x),
-                                            jnp.linalg.norm(st.x), ratio, problem.ftol, problem.xtol)
+                                            jnp.linalg.norm(st.x), ratio, problem.ftol,
+                                            problem.xtol)
             term = jnp.where(new_finite, term, -1)
             accept = new_finite & (reduction > 0)
             Delta_next = jnp.where(~new_finite, 0.25 * step_h_norm,
                                    jnp.where(term >= 0, Delta, Delta_new))
-            alpha_next = jnp.where(new_finite & (term < 0), alpha_trial * Delta / Delta_new, alpha_trial)
+            alpha_next = jnp.where(new_finite & (term < 0), alpha_trial * Delta / Delta_new,
+                                   alpha_trial)
             nfev_next = nfev + 1
             outer_done = accept | (term >= 0) | (nfev_next >= problem.max_nfev)
 
