@@ -96,7 +96,7 @@ def test_moderately_ill_conditioned_lanes_take_cholesky_qr2():
                                atol=1e-12 * np.linalg.norm(f))
     # The first pass alone was off in the smallest singular value.
     assert abs(first.s[0][-1] / s_ref[-1] - 1) > 1e-9
-    # factorize gives every running lane an accurate factor, whichever route it took.
+    # factorize (lanes in a batch: Householder QR) gives every running lane an accurate factor.
     used = jax.jit(factorize, static_argnums=3)(lin, G0, jnp.array([True, True]), True)
     for lane, J in enumerate((moderate, hopeless)):
         np.testing.assert_allclose(used.s[lane], _reference(J, f, diag_h[lane], d[lane])[0],

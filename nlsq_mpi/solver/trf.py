@@ -250,8 +250,9 @@ def householder_factor(lin: Linearization):
 
 def factorize(lin: Linearization, G0, running, lane_by_lane=None):
     """The factor of every lane of a batch: Cholesky QR, except in the running lanes where it
-    is too ill-conditioned, which are refactored (``exact_factor`` on CPU, Householder QR
-    on an accelerator).
+    is too ill-conditioned, which are refactored by Householder QR. (Lanes stepped one by
+    one take ``exact_factor`` instead: CholeskyQR2 there builds on this batched Cholesky
+    factor, which made a start's bits depend on the lanes beside it.)
 
     About 6% of the seed problem's steps need that, so most 16-lane batch steps have such a
     lane. On CPU they are refactored one lane at a time (the cost is what those lanes need:
@@ -267,8 +268,7 @@ def factorize(lin: Linearization, G0, running, lane_by_lane=None):
         return select_lanes(fallback, exact, factor)
 
     def refactor(i, factor):
-        lane = lambda tree: jax.tree.map(lambda a: a[i], tree)
-        exact = exact_factor(lane(lin), lane(factor))
+        exact = householder_factor(jax.tree.map(lambda a: a[i], lin))
         return jax.tree.map(lambda a, e: a.at[i].set(e), factor, exact)
 
     return lax.fori_loop(0, fallback.shape[0], lambda i, factor: lax.cond(
@@ -302,8 +302,8 @@ def make_step(model: Callable, jac: Callable | None, opts: Options):
     """One TRF step for a batch of lanes: ``step(problem, state) -> state``.
 
     Per lane: linearise the model at x, factor the subproblem (``gram_factor``, falling
-    back to ``exact_factor``), take one trial step; the lanes together or one
-    after another (``steps_lane_by_lane``). Lanes that are not running are left as they
+    back to ``exact_factor`` one lane at a time, to Householder QR in a batch), take one
+    trial step; the lanes together or one after another (``steps_lane_by_lane``). Lanes that are not running are left as they
     are."""
     def step_parts(residual, residual_and_jacobian_t):
         """(linearize, trial) over the given residual functions."""
