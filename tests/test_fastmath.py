@@ -79,3 +79,5 @@ def test_models_of_cheap_operations_are_told_from_costly_ones():
     assert fastmath.only_cheap_ops(_trig_model, x, 1.5, 2.0, 0.7)   # nested jit, lax.cond
     assert not fastmath.only_cheap_ops(lambda x, a, b: a * x ** b, x, 1.0, 2.5)   # pow
     assert not fastmath.only_cheap_ops(jax.jit(lambda x, a: jnp.log(a * x)), x, 2.0)
+    # A sin that stays XLA's (float32 here) is not cheap: its copies are what materialize saves.
+    assert not fastmath.only_cheap_ops(lambda x, a: jnp.sin(a * x), x.astype(jnp.float32), 2.0)

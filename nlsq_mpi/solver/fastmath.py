@@ -92,6 +92,9 @@ def _replacement(eqn):
     return sin if eqn.primitive is lax.sin_p else cos
 
 
+_NESTED_JIT = ("jit", "pjit")   # a nested jit's primitive, by JAX version
+
+
 def _evaluate(jaxpr, consts, args):
     """Evaluate a jaxpr, with sin and cos replaced (nested jit inlined, other
     higher-order primitives bound as they are)."""
@@ -109,7 +112,7 @@ def _evaluate(jaxpr, consts, args):
         fast = _replacement(eqn)
         if fast is not None:
             out = [fast(*values)]
-        elif eqn.primitive.name in ("jit", "pjit"):
+        elif eqn.primitive.name in _NESTED_JIT:
             inner = eqn.params["jaxpr"]
             out = _evaluate(inner.jaxpr, inner.consts, values)
         else:
@@ -122,24 +125,27 @@ def _evaluate(jaxpr, consts, args):
 
 # Primitives that cost about as little as a copy of their result, or that XLA does not fuse
 # (a dot, a conditional): recomputing them is cheaper than materialising what they make.
-# With sin and cos (replaced here) and exp (vectorised by XLA), the seed model's set.
+# With exp (vectorised by XLA) and the sin and cos replaced here, the seed model's set.
 CHEAP_PRIMITIVES = frozenset({
     "add", "sub", "mul", "div", "neg", "abs", "sign", "max", "min", "exp", "exp2",
-    "integer_pow", "square", "sqrt", "rsqrt", "sin", "cos", "tanh", "logistic", "floor", "ceil",
+    "integer_pow", "square", "sqrt", "rsqrt", "tanh", "logistic", "floor", "ceil",
     "round", "select_n", "clamp", "eq", "ne", "lt", "le", "gt", "ge", "and", "or", "not",
     "convert_element_type", "broadcast_in_dim", "reshape", "squeeze", "expand_dims", "slice",
-    "dynamic_slice", "concatenate", "transpose", "rev", "iota", "copy", "copy_p", "pjit", "jit",
+    "dynamic_slice", "concatenate", "transpose", "rev", "iota", "copy", "copy_p",
     "reduce_sum", "reduce_max", "reduce_min", "dot_general", "stop_gradient", "cond",
 })
 
 
 def only_cheap_ops(fn, *args):
-    """Whether fn(*args) uses CHEAP_PRIMITIVES only (inside nested jit too)."""
+    """Whether fn(*args) uses CHEAP_PRIMITIVES only, plus the sin and cos that
+    ``with_fast_trig`` replaces (XLA's own, float32 or at a set accuracy, are not cheap),
+    inside nested jit too."""
     def cheap(jaxpr):
         for eqn in jaxpr.eqns:
-            if eqn.primitive.name not in CHEAP_PRIMITIVES:
-                return False
-            if eqn.primitive.name in ("jit", "pjit") and not cheap(eqn.params["jaxpr"].jaxpr):
+            if eqn.primitive.name in _NESTED_JIT:
+                if not cheap(eqn.params["jaxpr"].jaxpr):
+                    return False
+            elif eqn.primitive.name not in CHEAP_PRIMITIVES and _replacement(eqn) is None:
                 return False
         return True
     return cheap(jax.make_jaxpr(fn)(*args).jaxpr)
