@@ -19,10 +19,12 @@ a few HDF5 objects, each of which costs ~0.1-0.2 ms.
 
 Writes are atomic: the temporary name (from a run id chosen on rank 0 and broadcast once) is
 opened by every rank (h5py's mpio driver when h5py has MPI support, each rank writing the
-state rows of its own lanes; otherwise rank 0 writes the whole file), closed, then fsynced
-and renamed into place by rank 0 in a background thread that overlaps the next interval;
-the previous generation is kept, older ones and stale temporaries are removed.
-Readable with plain h5py or h5dump.
+state rows of its own lanes and rank 0 the table; otherwise rank 0 writes the whole file),
+closed, then fsynced and renamed into place by rank 0 in a background thread that overlaps
+the next interval. In a fit's tail, when no start waits and some rank has no running lanes,
+that rank writes and publishes the whole file alone while the others compute
+(driver.idle_writer). The previous generation is kept, older ones and stale temporaries are
+removed. Readable with plain h5py or h5dump.
 """
 import contextlib
 import glob
@@ -39,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import NlsqError
+from .h5file import FileWriter
 from .solver import SolverState, empty_state
 
 SCHEMA_VERSION = 2
@@ -143,17 +146,6 @@ def unpack(data):
                  for name in ("table", "state"))
 
 
-def _write_rows(dset, rows, start=0):
-    """rows into dset from row ``start`` on, through h5py's low-level write: the high-level
-    slice assignment spent more time in Python (selection and dtype checks) than HDF5 did
-    writing a checkpoint's rows. Independent I/O: each rank writes its own rows."""
-    import h5py
-    file_space = dset.id.get_space()
-    if rows.shape != dset.shape:
-        file_space.select_hyperslab((start,), (len(rows),))
-    dset.id.write(h5py.h5s.create_simple(rows.shape), file_space, np.ascontiguousarray(rows))
-
-
 def generations(directory):
     """Generation files, newest first."""
     return sorted(glob.glob(os.path.join(directory, "gen-*.h5")), reverse=True)
@@ -174,17 +166,16 @@ class Checkpointer:
         self.comm, self.dir, self.parts, self.log = comm, Path(directory), parts, log
         self.fingerprint = combined(parts)
         self.last_write_seconds = 0.0
-        self.writes, self.write_seconds, self.last_bytes = 0, 0.0, 0
+        # Generations written; of those, the files this rank wrote alone while other ranks
+        # computed; the seconds it spent writing.
+        self.generations, self.solo_files, self.write_seconds = 0, 0, 0.0
         self.run_id = comm.bcast(uuid.uuid4().hex[:12] if comm.rank == 0 else None)
         self._publisher = None
         import h5py
         self.h5py = h5py
         self.collective = bool(h5py.get_config().mpi) and comm.size > 1
-        # Built once and reused by every generation (a fresh one per file cost 0.3 ms).
-        self._file_access = None
-        if self.collective:
-            self._file_access = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
-            self._file_access.set_fapl_mpio(comm.comm, comm.MPI.INFO_NULL)
+        self._serial_writer = FileWriter(h5py)
+        self._collective_writer = FileWriter(h5py, comm.comm) if self.collective else None
         if comm.rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)
             for stale in glob.glob(str(self.dir / ".tmp-*")):
@@ -194,12 +185,46 @@ class Checkpointer:
         comm.barrier()
 
     # -- writing ------------------------------------------------------------------------
-    def write(self, snap: Snapshot, my_rows):
-        """Write generation ``snap.round``. Every rank holds the whole snapshot; ``my_rows``
-        is the slice of snap.states rows that this rank's lanes hold (written by this rank
-        in collective mode)."""
+    def lone_writer(self, alone):
+        """The rank that writes a generation by itself (None: all ranks together): the
+        driver's choice ``alone``, or rank 0 where h5py has no MPI support."""
+        return 0 if alone is None and not self.collective else alone
+
+    def write(self, round_, snap, my_rows, alone=None):
+        """Write generation ``round_``; every rank calls this. With ``alone`` (a rank, see
+        lone_writer) that rank writes the whole file by itself and the others, whose
+        ``snap`` may be None, return at once. Otherwise all ranks write it together with
+        h5py's mpio driver: each the slice ``my_rows`` of snap.states that its own lanes
+        hold, rank 0 the per-start table."""
         t0 = time.perf_counter()
-        tmp = self.dir / f".tmp-gen-{snap.round:09d}-{self.run_id}.h5"   # same name on every rank
+        alone = self.lone_writer(alone)
+        writes_here = alone is None or self.comm.rank == alone
+        tmp = self.dir / f".tmp-gen-{round_:09d}-{self.run_id}.h5"   # same name on every rank
+        if writes_here:
+            self._write_file(tmp, snap, my_rows if alone is None else None)
+        publisher = 0 if alone is None else alone
+        if self.comm.rank == publisher:
+            # This rank's previous generation is in place before this one is: its publisher,
+            # started an interval ago, has had this file's writing to finish in. (Another
+            # rank's may still be renaming: each removes only what is older than the two
+            # newest in place, each of them durable.)
+            self.flush()
+        if os.environ.get("NLSQ_MPI_FAULT") == f"kill-before-rename:{round_}":
+            self.comm.barrier()       # every rank dies only once the file is written
+            os.kill(os.getpid(), 9)   # fault injection for the tests: die mid-write
+        if self.comm.rank == publisher:
+            self._publisher = threading.Thread(target=self._publish, args=(tmp, round_),
+                                               name="nlsq_mpi-checkpoint", daemon=False)
+            self._publisher.start()
+        self.generations += 1
+        if writes_here:
+            self.last_write_seconds = time.perf_counter() - t0
+            self.write_seconds += self.last_write_seconds
+            self.solo_files += alone is not None and self.collective
+
+    def _write_file(self, tmp, snap, my_rows):
+        """The file's attributes and datasets: with ``my_rows``, this rank's part of a
+        collective write; with None, the whole file from this rank alone."""
         data = pack(snap.table, snap.states)
         best = best_of(snap.table)
         meta = {"fingerprint_parts": self.parts, "steps": snap.steps,
@@ -210,37 +235,21 @@ class Checkpointer:
         attrs = {"schema_version": SCHEMA_VERSION, "fingerprint": self.fingerprint,
                  "checksum": _checksum(data), "round": snap.round, "meta": json.dumps(meta)}
         best_x = snap.table["x"][best] if best >= 0 else np.full(snap.table["x"].shape[1], np.nan)
-        lo, hi = my_rows
-        if self.collective or self.comm.rank == 0:
-            with self.h5py.File(self.h5py.h5f.create(os.fsencode(tmp), self.h5py.h5f.ACC_TRUNC,
-                                                     fapl=self._file_access)) as fh:
-                dsets = self._create(fh, data, attrs)
-                if not self.collective:   # rank 0 writes every row
-                    lo, hi = 0, len(data["state"])
-                if hi > lo:
-                    _write_rows(dsets["state"], data["state"][lo:hi], lo)
-                if self.comm.rank == 0:
-                    _write_rows(dsets["table"], data["table"])
-                    _write_rows(dsets["best_x"], best_x)
-        if self.comm.rank == 0:
-            # The previous generation is in place before this one is: its publisher, started
-            # an interval ago, has had this file's writing to finish in.
-            self.flush()
-        if os.environ.get("NLSQ_MPI_FAULT") == f"kill-before-rename:{snap.round}":
-            self.comm.barrier()       # every rank dies only once the file is written
-            os.kill(os.getpid(), 9)   # fault injection for the tests: die mid-write
-        if self.comm.rank == 0:
-            self._publisher = threading.Thread(target=self._publish, args=(tmp, snap.round),
-                                               name="nlsq_mpi-checkpoint", daemon=False)
-            self._publisher.start()
-        self.last_write_seconds = time.perf_counter() - t0
-        self.writes += 1
-        self.write_seconds += self.last_write_seconds
+        whole = my_rows is None
+        lo, hi = (0, len(data["state"])) if whole else my_rows
+        mine = whole or self.comm.rank == 0   # the table and best_x are rank 0's rows
+        writer = self._serial_writer if whole else self._collective_writer
+        writer.write(tmp, attrs, {
+            "table": (data["table"].dtype, data["table"].shape,
+                      [(data["table"], 0)] if mine else []),
+            "state": (data["state"].dtype, data["state"].shape, [(data["state"][lo:hi], lo)]),
+            "best_x": (best_x.dtype, best_x.shape, [(best_x, 0)] if mine else [])})
 
     def _publish(self, tmp, round_):
         """fsync, rename into place, fsync the directory, drop generations older than the
-        previous one. Runs on rank 0 in a thread (os.fsync releases the GIL) while the next
-        interval computes; the next write, the end of the fit and stats() wait for it."""
+        previous one. Runs in a thread of the rank that wrote the file alone, or of rank 0
+        (os.fsync releases the GIL) while the next interval computes; that rank's next
+        publish, the end of the fit and stats() wait for it."""
         fd = os.open(tmp, os.O_RDONLY)
         os.fsync(fd)
         os.close(fd)
@@ -250,16 +259,9 @@ class Checkpointer:
         os.fsync(dfd)
         os.close(dfd)
         for old in generations(self.dir)[2:]:
-            os.remove(old)
-        self.last_bytes = os.path.getsize(final)
-
-    @staticmethod
-    def _create(fh, data, attrs):
-        """Create every attribute and dataset (collective: same calls on every rank)."""
-        fh.attrs.update(attrs)
-        dsets = {k: fh.create_dataset(k, shape=v.shape, dtype=v.dtype) for k, v in data.items()}
-        dsets["best_x"] = fh.create_dataset("best_x", shape=data["table"].dtype["x"].shape, dtype="f8")
-        return dsets
+            # Another rank's publisher may be removing the same one.
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(old)
 
     # -- reading ------------------------------------------------------------------------
     def load_latest(self):
@@ -311,13 +313,20 @@ class Checkpointer:
             self._publisher = None
 
     def stats(self):
-        """Writes so far, their total seconds, and the size of the last file (rank 0)."""
+        """This run's writing, the same on every rank (all call it): generations written,
+        the most seconds any rank spent writing them, how many one rank wrote alone while
+        the others computed, and the size of the newest file."""
         self.flush()
-        return {"dir": str(self.dir), "writes": self.writes,
-                "write_seconds": round(self.write_seconds, 6), "last_bytes": self.last_bytes}
+        per_rank = self.comm.allgather((self.write_seconds, self.solo_files))  # all flushed
+        newest = generations(self.dir)[:1]
+        return {"dir": str(self.dir), "writes": self.generations,
+                "write_seconds": round(max(w for w, _ in per_rank), 6),
+                "solo_writes": sum(n for _, n in per_rank),
+                "last_bytes": os.path.getsize(newest[0]) if newest else 0}
 
     def clear(self):
         self.flush()
+        self.comm.barrier()   # every rank's publisher is done
         if self.comm.rank == 0:
             for path in generations(self.dir):
                 os.remove(path)
@@ -337,13 +346,17 @@ class CheckpointHook:
     def wants_write(self):
         return self.every_seconds is None or time.monotonic() - self.last >= self.every_seconds
 
-    def write(self, round_, steps, table, parts, rank, created):
-        """``created`` is rank 0's clock, so every rank writes identical attributes."""
-        states = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    def write(self, round_, steps, table, parts, rank, created, alone=None):
+        """``created`` is rank 0's clock, so every rank writes identical attributes;
+        ``alone``: the rank that writes this generation by itself, or None for all."""
+        alone = self.ckpt.lone_writer(alone)
         lo = sum(len(p["start"]) for p in parts[:rank])
-        snap = Snapshot(round_, steps, table.as_dict(), states, self.lane_width, len(parts),
-                        created)
-        self.ckpt.write(snap, (lo, lo + len(parts[rank]["start"])))
+        snap = None
+        if alone is None or alone == rank:   # the others only take part in the fault barrier
+            states = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            snap = Snapshot(round_, steps, table.as_dict(), states, self.lane_width,
+                            len(parts), created)
+        self.ckpt.write(round_, snap, (lo, lo + len(parts[rank]["start"])), alone)
         if self.stop is not None:
             self.stop.write_seconds = max(self.stop.write_seconds, self.ckpt.last_write_seconds)
         self.last = time.monotonic()

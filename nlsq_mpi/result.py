@@ -98,10 +98,10 @@ class FitResult:
                 np.savez(fh, **arrays, **{k: np.asarray(v) for k, v in scalars.items()})
         elif path.suffix in (".h5", ".hdf5"):
             import h5py
-            with h5py.File(tmp, "w") as fh:
-                for k, v in arrays.items():
-                    fh.create_dataset(k, data=v)
-                fh.attrs.update(scalars)
+            from .h5file import FileWriter
+            arrays = {k: np.asarray(v) for k, v in arrays.items()}
+            FileWriter(h5py).write(tmp, scalars, {k: (v.dtype, v.shape, [(v, 0)])
+                                                  for k, v in arrays.items()})
         else:
             raise ValueError(f"path: unsupported suffix {path.suffix!r}; use .npz or .h5")
         tmp.replace(path)

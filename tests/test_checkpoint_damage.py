@@ -118,6 +118,19 @@ def test_schema_reads_with_plain_h5py(finished):
         assert state.dtype.names[0] == "start" and set(SolverState._fields) <= set(state.dtype.names)
 
 
+def test_final_result_reads_with_plain_h5py(finished):
+    """checkpoint_dir/result.h5: the result's arrays as datasets, its scalars as attributes."""
+    ckpt, ref, _ = finished
+    with h5py.File(Path(ckpt) / "result.h5", "r") as fh:
+        np.testing.assert_array_equal(fh["popt"][...], ref.popt)
+        np.testing.assert_array_equal(fh["pcov"][...], ref.pcov)
+        np.testing.assert_array_equal(fh["starts_x"][...], ref.starts.x)
+        np.testing.assert_array_equal(fh["starts_status"][...], ref.starts.status)
+        assert fh.attrs["cost"] == ref.cost and fh.attrs["best_start"] == ref.best_start
+        assert fh.attrs["workflow"] == "hpc" and fh.attrs["message"] == ref.message
+        assert bool(fh.attrs["success"]) == ref.success
+
+
 def test_other_schema_version_raises_and_sets_nothing_aside(finished, capsys):
     """A checkpoint from another nlsq_mpi schema is not damage: the fit stops with a clear
     error and the file stays where it is, for the version that wrote it."""

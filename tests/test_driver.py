@@ -3,7 +3,7 @@ lanes per device of a wide CPU batch."""
 import numpy as np
 
 from nlsq_mpi.api import default_batch_width, lanes_and_devices, spread_width
-from nlsq_mpi.parallel.driver import Batch, deal_running, queue_shares
+from nlsq_mpi.parallel.driver import Batch, deal_running, idle_writer, queue_shares
 from nlsq_mpi.solver import EMPTY, RUNNING
 
 
@@ -85,6 +85,18 @@ def test_a_short_queue_is_shared_out_evenly_over_the_ranks():
     assert queue_shares(30, [5, 64, 64]) == [5, 13, 12]
     assert queue_shares(3, [0, 2, 2]) == [0, 2, 1]
     assert queue_shares(0, [4, 4]) == [0, 0]
+
+
+def test_an_idle_rank_writes_the_tail_checkpoints_alone():
+    """Once nothing is queued, the lowest rank with no running lanes writes alone; while
+    starts wait, when every rank still computes, or when none does, all ranks write."""
+    assert idle_writer([3, 0, 0, 1], [0, 0, 0, 0], 0) == 1
+    assert idle_writer([0, 2], [0, 0], 0) == 0
+    assert idle_writer([3, 0, 0, 1], [0, 0, 0, 0], 5) is None     # starts wait
+    assert idle_writer([3, 0], [0, 4], 0) is None                 # rank 1's own queue
+    assert idle_writer([3, 1], [0, 0], 0) is None                 # everyone computes
+    assert idle_writer([0, 0], [0, 0], 0) is None                 # the fit's last write
+    assert idle_writer([0], [0], 0) is None
 
 
 def test_spread_lanes_keep_every_device_a_start_can_fill():

@@ -102,6 +102,19 @@ def queue_shares(queued, frees):
     return shares
 
 
+def idle_writer(active, own_queued, shared_queued):
+    """The rank that writes this interval's checkpoint alone, or None for all ranks together.
+    Once no start waits, a rank whose lanes are all empty has nothing left to compute; in
+    that tail (the seed bench's last 13 of 25 intervals run one slow start on one rank) the
+    lowest such rank writes the whole file from the gathered states while the ranks still
+    solving go on, instead of all of them stopping for a collective write. The same on
+    every rank: it depends on gathered numbers only."""
+    if shared_queued or any(own_queued):
+        return None
+    idle = [r for r, lanes in enumerate(active) if lanes == 0]
+    return idle[0] if 0 < len(idle) < len(active) else None
+
+
 def harvest(batch):
     """Take the finished lanes out of the batch; returns (batch, rows) where rows holds the
     finished starts' results as plain arrays (what ranks exchange)."""
@@ -224,8 +237,10 @@ def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scal
         remaining = sum(g[2] + g[3] for g in gathered) + len(shared_queue)
         stopping = any(g[4] for g in gathered) and remaining > 0
         if checkpoint is not None and (gathered[0][6] or stopping or remaining == 0):
+            alone = None if stopping else idle_writer([g[2] for g in gathered],
+                                                      [g[3] for g in gathered], len(shared_queue))
             checkpoint.write(round_, steps, table, [g[5] for g in gathered], comm.rank,
-                             created=gathered[0][7])
+                             created=gathered[0][7], alone=alone)
         now = time.perf_counter()
         if comm.rank == 0 and (now - last_log >= progress_seconds or remaining == 0 or stopping):
             last_log = now

@@ -3,13 +3,14 @@ to the single-process multi-start."""
 import shutil
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import SEED_BOUNDS, seed_data, seed_model
 from nlsq_mpi import fit, rank, size
-from nlsq_mpi.checkpoint import generations, read_generation
+from nlsq_mpi.checkpoint import Checkpointer, generations, read_generation
 from nlsq_mpi.parallel.comm import get_comm
 
 
@@ -63,3 +64,48 @@ def test_checkpoint_attributes_agree_when_rank_clocks_differ(monkeypatch):
     comm.barrier()
     if comm.rank == 0:
         shutil.rmtree(directory)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_tail_generations_written_by_one_idle_rank_resume_exactly(monkeypatch):
+    """Once no start waits, a rank whose lanes are empty writes each checkpoint alone while
+    the others go on solving. Such a generation is as good as a collective one: resuming
+    from it gives the uninterrupted run's bits."""
+    comm = get_comm()
+    base = Path(comm.bcast(tempfile.mkdtemp(prefix="nlsq_mpi_solo_") if comm.rank == 0
+                           else None))
+    (base / "kept").mkdir(exist_ok=True)
+    solo = []   # the generations this rank wrote alone
+    write, publish = Checkpointer.write, Checkpointer._publish
+
+    def recording_write(self, round_, snap, my_rows, alone=None):
+        write(self, round_, snap, my_rows, alone)
+        if self.lone_writer(alone) == comm.rank:
+            solo.append(round_)
+
+    def keeping_publish(self, tmp, round_):   # every generation, before older ones go
+        publish(self, tmp, round_)
+        shutil.copy(self.dir / f"gen-{round_:09d}.h5", base / "kept")
+
+    monkeypatch.setattr(Checkpointer, "write", recording_write)
+    monkeypatch.setattr(Checkpointer, "_publish", keeping_publish)
+    x, y, s = seed_data()
+    kw = dict(sigma=s, bounds=SEED_BOUNDS, workflow="hpc", n_starts=24, batch_size=4,
+              checkpoint_interval=2, progress_seconds=1e9)
+    first = fit(seed_model, x, y, checkpoint_dir=str(base / "run"), **kw)
+    solo_rounds = sorted(sum(comm.allgather(solo), []))
+    assert solo_rounds and first.checkpoint["solo_writes"] == len(solo_rounds)
+    assert first.checkpoint["writes"] > len(solo_rounds)   # the rest were collective
+    picked = f"gen-{solo_rounds[0]:09d}.h5"
+    if comm.rank == 0:
+        (base / "resume").mkdir()
+        shutil.copy(base / "kept" / picked, base / "resume" / picked)
+    comm.barrier()
+    again = fit(seed_model, x, y, checkpoint_dir=str(base / "resume"), **kw)
+    assert Path(again.resumed_from).name == picked
+    np.testing.assert_array_equal(again.starts.x, first.starts.x)
+    np.testing.assert_array_equal(again.starts.nfev, first.starts.nfev)
+    np.testing.assert_array_equal(again.popt, first.popt)
+    comm.barrier()
+    if comm.rank == 0:
+        shutil.rmtree(base)
