@@ -15,16 +15,16 @@ Schema (version 2), one file per generation ``gen-<round>.h5`` in checkpoint_dir
   best_x       (n,)            the best parameters so far
 
 Two compound datasets (named fields: h5py and h5dump show them as records) keep a write to
-a few HDF5 objects, each of which costs ~0.1-0.2 ms.
+a few HDF5 objects.
 
-Writes are atomic: the temporary name (from a run id chosen on rank 0 and broadcast once) is
-opened by every rank (h5py's mpio driver when h5py has MPI support, each rank writing the
-state rows of its own lanes and rank 0 the table; otherwise rank 0 writes the whole file),
-closed, then fsynced and renamed into place by rank 0 in a background thread that overlaps
-the next interval. In a fit's tail, when no start waits and some rank has no running lanes,
-that rank writes and publishes the whole file alone while the others compute
-(driver.idle_writer). The previous generation is kept, older ones and stale temporaries are
-removed. Readable with plain h5py or h5dump.
+Writes are atomic, under a temporary name (from a run id chosen on rank 0 and broadcast
+once). Every rank opens it with h5py's mpio driver and writes the state rows of its own
+lanes, rank 0 the table (where h5py has no MPI support, rank 0 writes the whole file). In a
+fit's tail, when no start waits and some rank has no running lanes, that rank writes the
+whole file alone while the others compute (driver.idle_writer). The rank that wrote it alone,
+or rank 0, then fsyncs and renames it into place in a background thread that overlaps the
+next interval. The previous generation is kept, older ones and stale temporaries are
+removed. Readable with plain h5py or h5dump (files written by h5file.FileWriter).
 """
 import contextlib
 import glob
@@ -166,9 +166,11 @@ class Checkpointer:
         self.comm, self.dir, self.parts, self.log = comm, Path(directory), parts, log
         self.fingerprint = combined(parts)
         self.last_write_seconds = 0.0
-        # Generations written; of those, the files this rank wrote alone while other ranks
-        # computed; the seconds it spent writing.
-        self.generations, self.solo_files, self.write_seconds = 0, 0, 0.0
+        self.generations = 0      # written by this run
+        self.solo_files = 0       # of those, written by this rank alone while others computed
+        self.seconds = {"together": 0.0, "alone": 0.0}   # this rank's time writing them
+        self.published = (-1, 0)  # (round, bytes) of the last file this rank put in place
+        self._publish_error = None
         self.run_id = comm.bcast(uuid.uuid4().hex[:12] if comm.rank == 0 else None)
         self._publisher = None
         import h5py
@@ -181,7 +183,8 @@ class Checkpointer:
             for stale in glob.glob(str(self.dir / ".tmp-*")):
                 os.remove(stale)
             if comm.size > 1 and not self.collective:
-                log.info("h5py has no MPI support: rank 0 writes the checkpoints")
+                log.info("h5py has no MPI support: one rank writes each checkpoint (rank 0, or "
+                         "in the tail a rank with no starts left)")
         comm.barrier()
 
     # -- writing ------------------------------------------------------------------------
@@ -191,12 +194,14 @@ class Checkpointer:
         return 0 if alone is None and not self.collective else alone
 
     def write(self, round_, snap, my_rows, alone=None):
-        """Write generation ``round_``; every rank calls this. With ``alone`` (a rank, see
-        lone_writer) that rank writes the whole file by itself and the others, whose
-        ``snap`` may be None, return at once. Otherwise all ranks write it together with
-        h5py's mpio driver: each the slice ``my_rows`` of snap.states that its own lanes
-        hold, rank 0 the per-start table."""
+        """Write generation ``round_``; every rank calls this. With ``alone`` (an idle rank
+        the driver chose), or where h5py has no MPI support (rank 0, see lone_writer), one
+        rank writes the whole file by itself and the others, whose ``snap`` may be None,
+        return at once. Otherwise all ranks write it together with h5py's mpio driver:
+        each the slice ``my_rows`` of snap.states that its own lanes hold, rank 0 the
+        per-start table."""
         t0 = time.perf_counter()
+        idle_rank = alone   # the driver's choice, before lone_writer adds rank 0's
         alone = self.lone_writer(alone)
         writes_here = alone is None or self.comm.rank == alone
         tmp = self.dir / f".tmp-gen-{round_:09d}-{self.run_id}.h5"   # same name on every rank
@@ -209,18 +214,21 @@ class Checkpointer:
             # rank's may still be renaming: each removes only what is older than the two
             # newest in place, each of them durable.)
             self.flush()
-        if os.environ.get("NLSQ_MPI_FAULT") == f"kill-before-rename:{round_}":
+        fault = os.environ.get("NLSQ_MPI_FAULT")
+        if fault == f"kill-before-rename:{round_}" or (fault == "kill-before-rename:idle"
+                                                       and idle_rank is not None):
             self.comm.barrier()       # every rank dies only once the file is written
             os.kill(os.getpid(), 9)   # fault injection for the tests: die mid-write
         if self.comm.rank == publisher:
-            self._publisher = threading.Thread(target=self._publish, args=(tmp, round_),
-                                               name="nlsq_mpi-checkpoint", daemon=False)
+            self._publisher = threading.Thread(target=self._publish_reporting,
+                                               args=(tmp, round_), name="nlsq_mpi-checkpoint",
+                                               daemon=False)
             self._publisher.start()
         self.generations += 1
         if writes_here:
             self.last_write_seconds = time.perf_counter() - t0
-            self.write_seconds += self.last_write_seconds
-            self.solo_files += alone is not None and self.collective
+            self.seconds["together" if alone is None else "alone"] += self.last_write_seconds
+            self.solo_files += int(idle_rank is not None)
 
     def _write_file(self, tmp, snap, my_rows):
         """The file's attributes and datasets: with ``my_rows``, this rank's part of a
@@ -245,6 +253,14 @@ class Checkpointer:
             "state": (data["state"].dtype, data["state"].shape, [(data["state"][lo:hi], lo)]),
             "best_x": (best_x.dtype, best_x.shape, [(best_x, 0)] if mine else [])})
 
+    def _publish_reporting(self, tmp, round_):
+        """_publish in the publisher thread; its error (a full disk, say) is raised by the
+        next flush() instead of vanishing with the thread."""
+        try:
+            self._publish(tmp, round_)
+        except BaseException as exc:
+            self._publish_error = exc
+
     def _publish(self, tmp, round_):
         """fsync, rename into place, fsync the directory, drop generations older than the
         previous one. Runs in a thread of the rank that wrote the file alone, or of rank 0
@@ -262,6 +278,7 @@ class Checkpointer:
             # Another rank's publisher may be removing the same one.
             with contextlib.suppress(FileNotFoundError):
                 os.remove(old)
+        self.published = (round_, os.path.getsize(final))
 
     # -- reading ------------------------------------------------------------------------
     def load_latest(self):
@@ -307,22 +324,28 @@ class Checkpointer:
             self.flush()
 
     def flush(self):
-        """Wait until the last generation is durable and in place (rank 0; no-op elsewhere)."""
+        """Wait until the last generation this rank publishes is durable and in place;
+        raise what went wrong if it could not be."""
         if self._publisher is not None:
             self._publisher.join()
             self._publisher = None
+        if self._publish_error is not None:
+            exc, self._publish_error = self._publish_error, None
+            raise exc
 
     def stats(self):
-        """This run's writing, the same on every rank (all call it): generations written,
-        the most seconds any rank spent writing them, how many one rank wrote alone while
-        the others computed, and the size of the newest file."""
+        """This run's writing, the same on every rank (all call it): generations written;
+        write_seconds, the time writing them (the longest any rank spent in the collective
+        writes plus every file one rank wrote alone); how many one rank wrote alone while
+        the others computed; the size of the newest file put in place."""
         self.flush()
-        per_rank = self.comm.allgather((self.write_seconds, self.solo_files))  # all flushed
-        newest = generations(self.dir)[:1]
+        per_rank = self.comm.allgather((self.seconds, self.solo_files, self.published))
+        seconds = (max(s["together"] for s, _, _ in per_rank)
+                   + sum(s["alone"] for s, _, _ in per_rank))
         return {"dir": str(self.dir), "writes": self.generations,
-                "write_seconds": round(max(w for w, _ in per_rank), 6),
-                "solo_writes": sum(n for _, n in per_rank),
-                "last_bytes": os.path.getsize(newest[0]) if newest else 0}
+                "write_seconds": round(seconds, 6),
+                "solo_writes": sum(n for _, n, _ in per_rank),
+                "last_bytes": max(p for _, _, p in per_rank)[1]}
 
     def clear(self):
         self.flush()
@@ -348,11 +371,12 @@ class CheckpointHook:
 
     def write(self, round_, steps, table, parts, rank, created, alone=None):
         """``created`` is rank 0's clock, so every rank writes identical attributes;
-        ``alone``: the rank that writes this generation by itself, or None for all."""
-        alone = self.ckpt.lone_writer(alone)
+        ``alone``: the idle rank the driver chose to write this generation by itself, or
+        None."""
+        writer = self.ckpt.lone_writer(alone)
         lo = sum(len(p["start"]) for p in parts[:rank])
         snap = None
-        if alone is None or alone == rank:   # the others only take part in the fault barrier
+        if writer is None or writer == rank:   # the others only take part in the fault barrier
             states = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
             snap = Snapshot(round_, steps, table.as_dict(), states, self.lane_width,
                             len(parts), created)

@@ -57,7 +57,7 @@ class FitResult:
     fun: np.ndarray         # whitened residuals at popt
     workflow: str = "local"
     resumed_from: Optional[str] = None
-    checkpoint: Optional[dict] = None   # writes, write_seconds, last_bytes of this run
+    checkpoint: Optional[dict] = None   # this run's writing: Checkpointer.stats()
 
     def __iter__(self):
         yield self.popt

@@ -89,6 +89,23 @@ def test_kill_during_checkpoint_write_then_resume_is_exact(tmp_path, reference):
 
 
 @pytest.mark.slow
+def test_kill_during_a_write_by_an_idle_rank_then_resume_is_exact(tmp_path, reference):
+    """In the tail one idle rank writes each generation alone: every rank dies once the
+    first such file is written and before it is renamed; the rerun resumes from the
+    generation before it and finishes with the uninterrupted run's bits."""
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out.npz"
+    proc = _start(2, out, ckpt, env={"NLSQ_MPI_FAULT": "kill-before-rename:idle"})
+    proc.wait(timeout=400)
+    assert proc.returncode != 0
+    (tmp,) = [f for f in ckpt.iterdir() if f.name.startswith(".tmp-gen-")]
+    round_ = int(tmp.name.split("-")[2])
+    assert int(Path(generations(ckpt)[0]).stem.split("-")[1]) == round_ - 1
+    p = _finish(2, out, ckpt)
+    assert f"gen-{round_ - 1:09d}.h5" in p.stdout   # "resuming from ..."
+    _assert_same(_load(out), reference)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
 def test_signal_writes_checkpoint_and_exits_75(tmp_path, reference, sig):
     ckpt, out = tmp_path / "ckpt", tmp_path / "out.npz"

@@ -1,4 +1,5 @@
 """Damaged or foreign checkpoints, in one process: detected, reported, never overwritten."""
+import errno
 import json
 import logging
 import os
@@ -129,6 +130,19 @@ def test_final_result_reads_with_plain_h5py(finished):
         assert fh.attrs["cost"] == ref.cost and fh.attrs["best_start"] == ref.best_start
         assert fh.attrs["workflow"] == "hpc" and fh.attrs["message"] == ref.message
         assert bool(fh.attrs["success"]) == ref.success
+
+
+def test_a_failed_publish_is_raised_not_lost(tmp_path, monkeypatch):
+    """The fsync and rename run in a thread; their error (a full disk) ends the fit."""
+    import nlsq_mpi.checkpoint as checkpoint
+
+    def full_disk(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        _fit(tmp_path)
+    assert generations(tmp_path) == []
 
 
 def test_other_schema_version_raises_and_sets_nothing_aside(finished, capsys):

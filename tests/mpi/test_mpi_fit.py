@@ -80,7 +80,7 @@ def test_tail_generations_written_by_one_idle_rank_resume_exactly(monkeypatch):
 
     def recording_write(self, round_, snap, my_rows, alone=None):
         write(self, round_, snap, my_rows, alone)
-        if self.lone_writer(alone) == comm.rank:
+        if alone == comm.rank:
             solo.append(round_)
 
     def keeping_publish(self, tmp, round_):   # every generation, before older ones go
