@@ -91,8 +91,10 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
     lanes per device busy, refilled every ``checkpoint_interval`` steps, with pending starts
     rebalanced across ranks); every rank returns the same result. Rank 0 logs progress at
     most every ``progress_seconds`` and a summary at the end. With ``checkpoint_dir`` (any
-    workflow; all ranks together with "hpc") it writes a checkpoint every interval (and every ``checkpoint_seconds`` if given, checked at
-    interval ends), resumes from the newest valid one unless ``resume=False``, stops cleanly
+    workflow; all ranks together with "hpc", or one idle rank in the fit's tail) it writes a
+    checkpoint every interval (with ``checkpoint_seconds``, instead at the first interval
+    end that many seconds after the last write), resumes from the newest valid one unless
+    ``resume=False``, stops cleanly
     on SIGTERM/SIGUSR1 or before ``walltime`` (seconds or "HH:MM:SS"; SLURM_JOB_END_TIME
     too) with exit status 75, and stores the final result as checkpoint_dir/result.h5;
     ``keep_checkpoints=False`` then removes the generations.
