@@ -188,25 +188,21 @@ class Checkpointer:
         comm.barrier()
 
     # -- writing ------------------------------------------------------------------------
-    def lone_writer(self, alone):
-        """The rank that writes a generation by itself (None: all ranks together): the
-        driver's choice ``alone``, or rank 0 where h5py has no MPI support."""
-        return 0 if alone is None and not self.collective else alone
-
-    def write(self, round_, snap, my_rows, alone=None):
-        """Write generation ``round_``; every rank calls this. With ``alone`` (an idle rank
-        the driver chose), or where h5py has no MPI support (rank 0, see lone_writer), one
-        rank writes the whole file by itself and the others, whose ``snap`` may be None,
-        return at once. Otherwise all ranks write it together with h5py's mpio driver:
-        each the slice ``my_rows`` of snap.states that its own lanes hold, rank 0 the
-        per-start table."""
+    def write(self, round_, snapshot, my_rows, alone=None):
+        """Write generation ``round_``; every rank calls this, ``snapshot()`` building the
+        Snapshot where this rank writes. With ``alone`` (an idle rank the driver chose), or
+        where h5py has no MPI support (rank 0), one rank writes the whole file by itself
+        and the others return at once. Otherwise all ranks write it together with h5py's
+        mpio driver: each the slice ``my_rows`` of the snapshot's states that its own
+        lanes hold, rank 0 the per-start table."""
         t0 = time.perf_counter()
-        idle_rank = alone   # the driver's choice, before lone_writer adds rank 0's
-        alone = self.lone_writer(alone)
+        idle_rank = alone   # the driver's choice
+        if alone is None and not self.collective:
+            alone = 0
         writes_here = alone is None or self.comm.rank == alone
         tmp = self.dir / f".tmp-gen-{round_:09d}-{self.run_id}.h5"   # same name on every rank
         if writes_here:
-            self._write_file(tmp, snap, my_rows if alone is None else None)
+            self._write_file(tmp, snapshot(), my_rows if alone is None else None)
         publisher = 0 if alone is None else alone
         if self.comm.rank == publisher:
             # This rank's previous generation is in place before this one is: its publisher,
@@ -373,14 +369,13 @@ class CheckpointHook:
         """``created`` is rank 0's clock, so every rank writes identical attributes;
         ``alone``: the idle rank the driver chose to write this generation by itself, or
         None."""
-        writer = self.ckpt.lone_writer(alone)
-        lo = sum(len(p["start"]) for p in parts[:rank])
-        snap = None
-        if writer is None or writer == rank:   # the others only take part in the fault barrier
+        def snapshot():   # built only where this rank writes
             states = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-            snap = Snapshot(round_, steps, table.as_dict(), states, self.lane_width,
+            return Snapshot(round_, steps, table.as_dict(), states, self.lane_width,
                             len(parts), created)
-        self.ckpt.write(round_, snap, (lo, lo + len(parts[rank]["start"])), alone)
+
+        lo = sum(len(p["start"]) for p in parts[:rank])
+        self.ckpt.write(round_, snapshot, (lo, lo + len(parts[rank]["start"])), alone)
         if self.stop is not None:
             self.stop.write_seconds = max(self.stop.write_seconds, self.ckpt.last_write_seconds)
         self.last = time.monotonic()

@@ -78,8 +78,8 @@ def test_tail_generations_written_by_one_idle_rank_resume_exactly(monkeypatch):
     solo = []   # the generations this rank wrote alone
     write, publish = Checkpointer.write, Checkpointer._publish
 
-    def recording_write(self, round_, snap, my_rows, alone=None):
-        write(self, round_, snap, my_rows, alone)
+    def recording_write(self, round_, snapshot, my_rows, alone=None):
+        write(self, round_, snapshot, my_rows, alone)
         if alone == comm.rank:
             solo.append(round_)
 
