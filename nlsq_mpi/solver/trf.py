@@ -303,8 +303,8 @@ def make_step(model: Callable, jac: Callable | None, opts: Options):
 
     Per lane: linearise the model at x, factor the subproblem (``gram_factor``, falling
     back to ``exact_factor`` one lane at a time, to Householder QR in a batch), take one
-    trial step; the lanes together or one after another (``steps_lane_by_lane``). Lanes that are not running are left as they
-    are."""
+    trial step; the lanes together or one after another (``steps_lane_by_lane``). Lanes
+    that are not running are left as they are."""
     def step_parts(residual, residual_and_jacobian_t):
         """(linearize, trial) over the given residual functions."""
         def linearize(problem: Problem, st: SolverState):
