@@ -263,18 +263,24 @@ class Checkpointer:
         (os.fsync releases the GIL) while the next interval computes; that rank's next
         publish, the end of the fit and stats() wait for it."""
         fd = os.open(tmp, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-        final = self.dir / f"gen-{round_:09d}.h5"
-        os.replace(tmp, final)
+        try:
+            os.fsync(fd)
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.dir / f"gen-{round_:09d}.h5")
         dfd = os.open(self.dir, os.O_RDONLY)
-        os.fsync(dfd)
-        os.close(dfd)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        # A publisher that ran late (rank 0's, still in its fsync while an idle rank put two
+        # newer generations in place) removes its own file here, which is as it should be.
         for old in generations(self.dir)[2:]:
             # Another rank's publisher may be removing the same one.
             with contextlib.suppress(FileNotFoundError):
                 os.remove(old)
-        self.published = (round_, os.path.getsize(final))
+        self.published = (round_, size)
 
     # -- reading ------------------------------------------------------------------------
     def load_latest(self):

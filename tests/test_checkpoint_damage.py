@@ -159,3 +159,21 @@ def test_other_schema_version_raises_and_sets_nothing_aside(finished, capsys):
     assert not list(Path(ckpt).glob("*.damaged"))
     assert inspect_dir(str(ckpt)) == 0
     assert "OTHER VERSION" in capsys.readouterr().out
+
+
+def test_a_late_publisher_tolerates_newer_generations_in_place(tmp_path):
+    """Rank 0's publisher can still be in its fsync while an idle rank puts two newer
+    generations in place: the late one's rename makes its file the third newest, which its
+    own clean-up removes. That is no error, and the two newest stay."""
+    from nlsq_mpi.checkpoint import Checkpointer
+    from nlsq_mpi.parallel.comm import SerialComm
+
+    ckpt = Checkpointer(SerialComm(), tmp_path, {}, logging.getLogger("test"))
+    for round_ in (11, 12):
+        (tmp_path / f"gen-{round_:09d}.h5").write_bytes(b"newer")
+    late = tmp_path / ".tmp-gen-000000010-late.h5"
+    late.write_bytes(b"x" * 1234)
+    ckpt._publish(late, 10)
+    assert [Path(p).name for p in generations(tmp_path)] == ["gen-000000012.h5",
+                                                             "gen-000000011.h5"]
+    assert ckpt.published == (10, 1234) and not late.exists()

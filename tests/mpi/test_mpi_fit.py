@@ -83,9 +83,9 @@ def test_tail_generations_written_by_one_idle_rank_resume_exactly(monkeypatch):
         if alone == comm.rank:
             solo.append(round_)
 
-    def keeping_publish(self, tmp, round_):   # every generation, before older ones go
+    def keeping_publish(self, tmp, round_):   # every generation, before it can be removed
+        shutil.copy(tmp, base / "kept" / f"gen-{round_:09d}.h5")
         publish(self, tmp, round_)
-        shutil.copy(self.dir / f"gen-{round_:09d}.h5", base / "kept")
 
     monkeypatch.setattr(Checkpointer, "write", recording_write)
     monkeypatch.setattr(Checkpointer, "_publish", keeping_publish)
