@@ -103,7 +103,8 @@ def inspect_dir(directory):
 
     import numpy as np
 
-    from .checkpoint import CheckpointCorrupt, CheckpointVersionError, generations, read_generation
+    from .checkpoint import (CheckpointCorrupt, CheckpointUnreadable, CheckpointVersionError,
+                             generations, read_generation)
     paths = generations(directory)
     if not paths:
         print(f"{directory}: no checkpoint generations")
@@ -116,6 +117,9 @@ def inspect_dir(directory):
             continue
         except CheckpointVersionError as exc:
             print(f"{path}: OTHER VERSION ({exc})")
+            continue
+        except CheckpointUnreadable as exc:
+            print(f"{path}: UNREADABLE ({exc})")
             continue
         t = snap.table
         done = int(np.sum(t["status"] != -5))

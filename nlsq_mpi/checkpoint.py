@@ -1,9 +1,11 @@
 """Checkpoints: a versioned HDF5 schema, collective atomic writes, validated generations.
 
-Schema (version 2), one file per generation ``gen-<round>.h5`` in checkpoint_dir:
+Schema (version 3), one file per generation ``gen-<round>.h5`` in checkpoint_dir:
 
   attrs        schema_version, fingerprint (sha256 of the problem), checksum (sha256 over
-               both tables), round, and meta: JSON with fingerprint_parts (one hash per
+               the datasets table and state and the attributes schema_version,
+               fingerprint, round and meta: ``checksum``), round, and meta: JSON with
+               fingerprint_parts (one hash per
                part: model, xdata, ydata, bounds, ... so a mismatch names what differs),
                steps (solver steps per start so far), n_starts, n_params, lane_width, ranks,
                created (epoch s), versions, best_start (-1: none), best_cost
@@ -44,7 +46,7 @@ from .errors import NlsqError
 from .h5file import FileWriter
 from .solver import SolverState, empty_state
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3   # 3: the checksum covers the attributes too
 STATE_FIELDS = SolverState._fields
 
 
@@ -59,6 +61,11 @@ class CheckpointVersionError(CheckpointMismatch):
 
 class CheckpointCorrupt(NlsqError):
     """A checkpoint file failed validation."""
+
+
+class CheckpointUnreadable(NlsqError):
+    """The operating system refused to read a checkpoint file (permissions, an I/O error):
+    not damage, so nothing is set aside and the fit does not start over."""
 
 
 @dataclass
@@ -103,8 +110,13 @@ def combined(parts):
     return _hash(*[f"{k}={v}" for k, v in sorted(parts.items())])
 
 
-def _checksum(datasets):
-    return _hash(*[datasets[k] for k in sorted(datasets)])
+def checksum(datasets, attrs):
+    """The ``checksum`` attribute: sha256 over the datasets and the attributes that say what
+    they are (a flipped byte in the fingerprint would otherwise read as another problem,
+    one in the meta as another lane width)."""
+    header = "\n".join(f"{k}={attrs[k]}" for k in ("schema_version", "fingerprint", "round",
+                                                    "meta"))
+    return _hash(header, *[datasets[k] for k in sorted(datasets)])
 
 
 @lru_cache(maxsize=1)
@@ -237,7 +249,8 @@ class Checkpointer:
                 "versions": _versions(), "best_start": best,
                 "best_cost": float(snap.table["cost"][best]) if best >= 0 else None}
         attrs = {"schema_version": SCHEMA_VERSION, "fingerprint": self.fingerprint,
-                 "checksum": _checksum(data), "round": snap.round, "meta": json.dumps(meta)}
+                 "round": snap.round, "meta": json.dumps(meta)}
+        attrs["checksum"] = checksum(data, attrs)
         best_x = snap.table["x"][best] if best >= 0 else np.full(snap.table["x"].shape[1], np.nan)
         whole = my_rows is None
         lo, hi = (0, len(data["state"])) if whole else my_rows
@@ -290,10 +303,10 @@ class Checkpointer:
         if self.comm.rank == 0:
             try:
                 result = self._scan()
-            except CheckpointMismatch as exc:
+            except (CheckpointMismatch, CheckpointUnreadable) as exc:
                 result = exc
-        result = self.comm.bcast(result)
-        if isinstance(result, CheckpointMismatch):
+        result = self.comm.bcast(result)   # every rank raises the same error
+        if isinstance(result, NlsqError):
             raise result
         return result
 
@@ -396,11 +409,14 @@ def in_flight(batch):
 
 def read_generation(path, h5py=None):
     """(Snapshot, attrs) of one generation file; CheckpointCorrupt when it does not validate,
-    CheckpointVersionError when a valid file has another schema version."""
+    CheckpointVersionError when a valid file has another schema version, CheckpointUnreadable
+    when the operating system refuses to read it."""
     if h5py is None:
         import h5py
     try:
-        with h5py.File(path, "r") as fh:
+        # No lock: a lock that fails (a file system without one, another job reading the
+        # file) is no reason to think the file damaged.
+        with h5py.File(path, "r", locking=False) as fh:
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in fh.attrs.items()}
             version = attrs.get("schema_version")
             if isinstance(version, (int, np.integer)) and version != SCHEMA_VERSION:
@@ -411,14 +427,20 @@ def read_generation(path, h5py=None):
                     "nothing was overwritten")
             if version != SCHEMA_VERSION:
                 raise CheckpointCorrupt(f"schema_version {version!r}, expected {SCHEMA_VERSION}")
-            attrs["meta"] = json.loads(attrs["meta"])
             data = {k: fh[k][...] for k in ("table", "state")}
+            if checksum(data, attrs) != attrs.get("checksum"):
+                raise CheckpointCorrupt("checksum mismatch")
+            attrs["meta"] = json.loads(attrs["meta"])
     except (CheckpointCorrupt, CheckpointVersionError):
         raise
-    except Exception as exc:  # truncated or unreadable file: h5py raises several types
+    except OSError as exc:
+        if exc.errno is not None:   # the operating system's error (h5py sets errno then)
+            raise CheckpointUnreadable(
+                f"checkpoint_dir: cannot read {path} ({exc}); nothing was changed. Check the "
+                "file's permissions and the file system, then run again") from None
         raise CheckpointCorrupt(f"{type(exc).__name__}: {exc}") from None
-    if _checksum(data) != attrs.get("checksum"):
-        raise CheckpointCorrupt("checksum mismatch")
+    except Exception as exc:  # truncated or damaged file: h5py raises several types
+        raise CheckpointCorrupt(f"{type(exc).__name__}: {exc}") from None
     table, states = unpack(data)
     meta = attrs["meta"]
     snap = Snapshot(round=int(attrs["round"]), steps=int(meta["steps"]), table=table,

@@ -12,7 +12,8 @@ import pytest
 from conftest import SEED_BOUNDS, seed_data, seed_model
 from nlsq_mpi import fit
 from nlsq_mpi.__main__ import inspect_dir
-from nlsq_mpi.checkpoint import CheckpointMismatch, CheckpointVersionError, generations
+from nlsq_mpi.checkpoint import (SCHEMA_VERSION, CheckpointMismatch, CheckpointUnreadable,
+                                 CheckpointVersionError, generations)
 from nlsq_mpi.solver import SolverState
 
 KW = dict(bounds=SEED_BOUNDS, workflow="hpc", n_starts=12, batch_size=4, checkpoint_interval=2,
@@ -41,14 +42,21 @@ def _damage_bytes(path):
     Path(path).write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "missing"])
+@pytest.mark.parametrize("damage", ["truncate", "flip", "fingerprint", "meta", "missing"])
 def test_damaged_newest_generation_falls_back_to_previous(finished, damage, caplog):
+    """Also a damaged attribute: the checksum covers them, so a changed digit of the
+    fingerprint reads as damage, not as another problem, and the previous one is used."""
     ckpt, ref, (newest, previous) = finished
     if damage == "truncate":
         with open(newest, "r+b") as fh:
             fh.truncate(os.path.getsize(newest) // 2)
     elif damage == "flip":
         _damage_bytes(newest)
+    elif damage in ("fingerprint", "meta"):
+        with h5py.File(newest, "r+") as fh:
+            text = fh.attrs[damage]
+            i = text.index("4") if damage == "meta" else 0
+            fh.attrs[damage] = text[:i] + ("5" if text[i] != "5" else "6") + text[i + 1:]
     else:
         os.remove(newest)
     with caplog.at_level(logging.WARNING, logger="nlsq_mpi"):
@@ -108,7 +116,7 @@ def test_schema_reads_with_plain_h5py(finished):
     """The documented schema (nlsq_mpi/checkpoint.py, README) with nothing but h5py."""
     _, ref, (newest, _) = finished
     with h5py.File(newest, "r") as fh:
-        assert fh.attrs["schema_version"] == 2
+        assert fh.attrs["schema_version"] == SCHEMA_VERSION == 3
         meta = json.loads(fh.attrs["meta"])
         table, state = fh["table"][...], fh["state"][...]
         np.testing.assert_array_equal(table["x0"], ref.starts.x0)
@@ -153,7 +161,7 @@ def test_other_schema_version_raises_and_sets_nothing_aside(finished, capsys):
         fh.attrs["schema_version"] = 1
     before = {p: Path(p).read_bytes() for p in gens}
     with pytest.raises(CheckpointVersionError, match=r"schema version 1; this nlsq_mpi reads "
-                       r"version 2.*nothing was overwritten"):
+                       rf"version {SCHEMA_VERSION}.*nothing was overwritten"):
         _fit(ckpt)
     assert {p: Path(p).read_bytes() for p in gens} == before
     assert not list(Path(ckpt).glob("*.damaged"))
@@ -177,3 +185,20 @@ def test_a_late_publisher_tolerates_newer_generations_in_place(tmp_path):
     assert [Path(p).name for p in generations(tmp_path)] == ["gen-000000012.h5",
                                                              "gen-000000011.h5"]
     assert ckpt.published == (10, 1234) and not late.exists()
+
+
+def test_a_file_the_system_cannot_read_stops_the_fit_and_sets_nothing_aside(finished,
+                                                                             monkeypatch):
+    """Permissions or an I/O error are not damage: setting every generation aside would
+    silently start the job over."""
+    ckpt, _, gens = finished
+
+    def refused(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, f"Unable to open file (Permission denied: {path})")
+
+    monkeypatch.setattr(h5py, "File", refused)
+    with pytest.raises(CheckpointUnreadable, match=r"cannot read .*gen-.*Permission denied.*"
+                       r"nothing was changed"):
+        _fit(ckpt)
+    monkeypatch.undo()
+    assert generations(ckpt) == gens and not list(Path(ckpt).glob("*.damaged"))
