@@ -1,6 +1,5 @@
 """fit(): validation, workflow choice, result assembly."""
 import contextlib
-import inspect
 import logging
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from . import starts as starts_mod
 from .covariance import covariance
 from .errors import ModelError
 from .parallel.comm import SerialComm, get_comm
-from .checkpoint import CheckpointHook, Checkpointer, fingerprint_parts
+from .checkpoint import CheckpointHook, Checkpointer, fingerprint_parts, identity
 from .parallel.devices import compute_devices
 from .parallel.driver import Resume, run_starts
 from .preemption import StopControl
@@ -161,21 +160,13 @@ def open_checkpoint(comm, checkpoint_dir, resume, parts):
 
 
 def problem_fingerprint(model, jac, c, x0, loss, f_scale, x_scale, ftol, xtol, gtol, max_nfev, seed):
-    """The parts of a problem a checkpoint must agree with, each hashed separately."""
-    def source(fn):
-        if fn is None:
-            return "none"
-        try:
-            return inspect.getsource(fn)
-        except (OSError, TypeError):
-            return getattr(fn, "__qualname__", repr(fn))
-    try:
-        xdata = np.asarray(c.xdata, dtype=float)
-    except (TypeError, ValueError):
-        xdata = repr(c.xdata)
-    return fingerprint_parts(model=source(model), jac=source(jac), xdata=xdata, ydata=c.ydata,
+    """The parts of a problem a checkpoint must agree with, each hashed separately (the
+    same in every process: ``identity``). xdata may be any pytree of arrays."""
+    leaves, tree = jax.tree.flatten(c.xdata)
+    return fingerprint_parts(model=identity(model), jac=identity(jac),
+                             xdata=[str(tree), *map(np.asarray, leaves)], ydata=c.ydata,
                              sigma=c.sigma, bounds=(c.lb, c.ub), loss=(loss, float(f_scale)),
-                             x_scale=repr(x_scale), tolerances=(ftol, xtol, gtol, max_nfev),
+                             x_scale=identity(x_scale), tolerances=(ftol, xtol, gtol, max_nfev),
                              starts=(x0, seed, c.n_starts))
 
 

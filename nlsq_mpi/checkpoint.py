@@ -29,8 +29,10 @@ next interval. The previous generation is kept, older ones and stale temporaries
 removed. Readable with plain h5py or h5dump (files written by h5file.FileWriter).
 """
 import contextlib
+import functools
 import glob
 import hashlib
+import inspect
 import json
 import os
 import threading
@@ -91,6 +93,45 @@ def _hash(*arrays_or_text):
             h.update(str((a.dtype.str, a.shape)).encode())
             h.update(a.tobytes())
     return h.hexdigest()
+
+
+def identity(value, _path=()):
+    """What ``value`` (a model, its parameters, an x_scale) is, as text that is the same in
+    every process that builds the same value: source code for functions (also under
+    functools.partial or jax.jit, and with the object a method is bound to), a digest for
+    arrays, recursion into containers and into the attributes of a callable object. Never
+    a repr with a memory address, which would make every rerun look like another problem."""
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
+        return repr(value)
+    if hasattr(value, "__array__") or isinstance(value, np.generic):
+        return f"array {_hash(np.asarray(value))}"
+    if id(value) in _path:   # an object that refers back to itself
+        return "<cycle>"
+    inner = functools.partial(identity, _path=_path + (id(value),))
+    if isinstance(value, functools.partial):
+        return (f"partial({inner(value.func)}, args={inner(value.args)}, "
+                f"keywords={inner(value.keywords)})")
+    if isinstance(value, (list, tuple)):
+        return f"{type(value).__name__}[{', '.join(map(inner, value))}]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{inner(k)}: {inner(value[k])}"
+                               for k in sorted(value, key=repr)) + "}"
+    function = inspect.unwrap(value) if callable(value) else value
+    if inspect.ismethod(function):
+        return f"{inner(function.__func__)} bound to {inner(function.__self__)}"
+    if inspect.isroutine(function):
+        try:
+            return inspect.getsource(function)
+        except (OSError, TypeError):   # no source file (an interactive session)
+            code = getattr(function, "__code__", None)
+            return (f"{getattr(function, '__module__', '')}.{function.__qualname__}"
+                    + (f" {_hash(code.co_code.hex(), repr(code.co_consts))}" if code else ""))
+    kind = type(value)
+    try:
+        described = inspect.getsource(kind)
+    except (OSError, TypeError):
+        described = f"{kind.__module__}.{kind.__qualname__}"
+    return described + inner(vars(value) if hasattr(value, "__dict__") else {})
 
 
 def fingerprint_parts(**parts):
