@@ -14,7 +14,9 @@ traceback of what the model raised, if that was the cause), and every rank exits
 status 2. Should a rank raise one alone, it prints its error and aborts the job after
 ERROR_AGREEMENT_SECONDS. A fit stopped
 by SIGTERM/SIGUSR1 or its walltime exits with status 75 on every rank after writing its
-checkpoint: requeue the job and it resumes. Ranks other
+checkpoint: requeue the job and it resumes. A signal that arrives before a fit starts
+(while the script imports or loads data) is kept for it: the fit stops at the end of its
+first interval, with a checkpoint, and status 75. Ranks other
 than 0 have their stdout silenced unless --all-ranks is given or NLSQ_MPI_ALL_RANKS=1.
 """
 import argparse
@@ -23,6 +25,8 @@ import runpy
 import sys
 import time
 import traceback
+
+from .preemption import record_early_signals
 
 EXIT_FIT_ERROR = 2    # an NlsqError: the message says what to fix
 # How long a rank that raised an NlsqError waits for the others to raise one too.
@@ -162,6 +166,7 @@ def main(argv=None):
         return inspect_dir(ns.args[0])
     if not os.path.isfile(ns.target):
         parser.error(f"no such job script: {ns.target}")
+    record_early_signals()
     return _run_job(ns.target, ns.args, ns.all_ranks)
 
 

@@ -10,8 +10,8 @@ import numpy as np
 
 from . import starts as starts_mod
 from .covariance import covariance
-from .errors import ModelError
-from .parallel.comm import SerialComm, get_comm
+from .errors import InputError, ModelError
+from .parallel.comm import SerialComm, get_comm, launched_by_mpi
 from .checkpoint import CheckpointHook, Checkpointer, fingerprint_parts, identity
 from .parallel.devices import compute_devices
 from .parallel.driver import Resume, run_starts
@@ -90,17 +90,28 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
     lanes per device busy, refilled every ``checkpoint_interval`` steps, with pending starts
     rebalanced across ranks); every rank returns the same result. Rank 0 logs progress at
     most every ``progress_seconds`` and a summary at the end. With ``checkpoint_dir`` (any
-    workflow; all ranks together with "hpc", or one idle rank in the fit's tail) it writes a
-    checkpoint every interval (with ``checkpoint_seconds``, instead at the first interval
-    end that many seconds after the last write), resumes from the newest valid one unless
-    ``resume=False``, stops cleanly
-    on SIGTERM/SIGUSR1 or before ``walltime`` (seconds or "HH:MM:SS"; SLURM_JOB_END_TIME
-    too) with exit status 75, and stores the final result as checkpoint_dir/result.h5;
-    ``keep_checkpoints=False`` then removes the generations.
+    workflow, but only "hpc" under several MPI ranks; all ranks together, or one idle rank
+    in the fit's tail) it writes a checkpoint every interval (with ``checkpoint_seconds``,
+    instead at the first interval end that many seconds after the last write), resumes
+    from the newest valid one unless ``resume=False``, stops cleanly on SIGTERM/SIGUSR1 or
+    before ``walltime`` (seconds or "[D-]HH:MM:SS"; else NLSQ_MPI_WALLTIME; and
+    SLURM_JOB_END_TIME) with exit status 75, and stores the final result as
+    checkpoint_dir/result.h5; ``keep_checkpoints=False`` then removes the generations.
+    Without ``checkpoint_dir`` an "hpc" fit still stops on SIGTERM/SIGUSR1 with status 75
+    (nothing saved) and leaves the walltime to the scheduler.
     """
     c = check(model, xdata, ydata, p0, sigma, bounds, workflow, n_starts, sampler, loss, f_scale,
               x_scale, ftol, xtol, gtol, max_nfev, check_finite, checkpoint_interval, batch_size,
               walltime, checkpoint_seconds)
+    if walltime is not None and checkpoint_dir is None:
+        raise InputError("walltime: a fit without checkpoint_dir has nothing to save before the "
+                         "limit; give a checkpoint_dir too, or leave the limit to the scheduler")
+    if workflow != "hpc" and checkpoint_dir is not None and launched_by_mpi() \
+            and get_comm().size > 1:
+        raise InputError(
+            f"checkpoint_dir: workflow={workflow!r} runs the whole fit on each of the "
+            f"{get_comm().size} MPI ranks, and they would all write {checkpoint_dir}; use "
+            "workflow='hpc' to share the starts and one checkpoint, or run one process")
     x0 = starts_mod.start_points(c.sampler, seed, c.lb, c.ub, np.arange(c.n_starts), c.n_starts, c.p0) \
         if workflow != "local" else c.p0[None, :]
     check_model_output(model, c.xdata, c.y_shape, x0[0])
@@ -126,7 +137,11 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
     devices = devices[:min(comm.allgather(len(devices)))]
     width, devices = lanes_and_devices(width, c.n_starts, comm.size, devices,
                                        batch_size is None and steps_lane_by_lane(c.ydata.size))
-    stop = StopControl(walltime) if workflow == "hpc" or ckpt else None
+    # Without a checkpoint a stop saves nothing: signals still stop an "hpc" fit (status 75,
+    # to be requeued), but the walltime is left to the scheduler, or each requeued run
+    # would stop before the limit and start over again.
+    stop = StopControl(walltime, watch_deadline=ckpt is not None) \
+        if workflow == "hpc" or ckpt else None
     with stop or contextlib.nullcontext(), (ckpt.flushing() if ckpt else contextlib.nullcontext()):
         table = run_starts(
             comm, solver.advance, problem, x0, width * len(devices), checkpoint_interval,

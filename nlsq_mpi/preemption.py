@@ -2,42 +2,73 @@
 
 ``StopControl`` is polled by the driver once per interval on every rank; the ranks agree on
 stopping through the driver's per-interval collective, write a checkpoint and exit with
-EXIT_PREEMPTED (75) so a job script can requeue.
+EXIT_PREEMPTED (75) so a job script can requeue. ``record_early_signals`` (the runner
+calls it first thing) keeps a stop signal that arrives before a fit, during imports or
+data loading, for the next fit to act on, instead of letting it kill the job unsaved.
 """
+import math
 import os
+import re
 import signal
 import threading
 import time
 
+from .errors import InputError
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+# SLURM's time formats that carry a colon or a day count: [H:]M:S, D-H[:M[:S]].
+_CLOCK = re.compile(r"(?P<d>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"
+                    r"|(?:(?P<h>\d+):)?(?P<m>\d+):(?P<s>\d+)")
+
+_early = {"signal": None}   # a stop signal no fit has taken yet
 
 
 def parse_walltime(value):
-    """Seconds from a number or "[[D-]HH:]MM:SS"; None stays None."""
+    """Seconds from a number of seconds or a SLURM time ("MM:SS", "HH:MM:SS", "D-HH",
+    "D-HH:MM", "D-HH:MM:SS"; a bare number is seconds here, where SLURM reads minutes);
+    None stays None. ValueError for anything else and for a time that is not positive."""
     if value is None:
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    days, _, rest = str(value).rpartition("-")
-    parts = [float(p) for p in rest.split(":")]
-    seconds = 0.0
-    for p in parts:
-        seconds = seconds * 60 + p
-    return seconds + (float(days) * 86400 if days else 0.0)
+    text = str(value).strip()
+    clock = _CLOCK.fullmatch(text)
+    if clock:
+        t = {k: int(v or 0) for k, v in clock.groupdict().items()}
+        seconds = (86400 * t["d"] + 3600 * (t["dh"] + t["h"]) + 60 * (t["dm"] + t["m"])
+                   + t["ds"] + t["s"])
+    else:
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{value!r} is not a positive time: give seconds, or [D-]HH:MM:SS "
+                         "as SLURM writes it")
+    return seconds
+
+
+def record_early_signals():
+    """Until a fit installs its own handlers (and again between fits), keep a SIGTERM or
+    SIGUSR1 for the next fit, which then stops at the end of its first interval with a
+    checkpoint and status 75. Only for the main thread of a job run by the runner: a
+    library caller keeps Python's default handling."""
+    def keep(signum, frame):
+        _early["signal"] = signal.Signals(signum).name
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, keep)
 
 
 class StopControl:
     """Signal flag plus deadline. Use as a context manager around the fit loop."""
 
-    def __init__(self, walltime=None, environ=os.environ, margin=5.0):
+    def __init__(self, walltime=None, environ=os.environ, margin=5.0, watch_deadline=True):
+        """``watch_deadline=False`` (a fit without checkpoint_dir: nothing to save, and a
+        stop with status 75 would requeue it to start over, forever) leaves the walltime to
+        the scheduler and stops on signals only."""
         self.signalled = None
         self.deadline = None
-        wall = parse_walltime(walltime if walltime is not None else environ.get("NLSQ_MPI_WALLTIME"))
-        if wall is not None:
-            self.deadline = time.time() + wall
-        end = environ.get("SLURM_JOB_END_TIME")
-        if end:
-            self.deadline = min(self.deadline or float("inf"), float(end))
+        if watch_deadline:
+            self.deadline = _deadline(walltime, environ)
         self.margin = margin
         self.last_call = None
         self.longest_interval = 0.0
@@ -48,6 +79,10 @@ class StopControl:
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handler)
+            self.signalled, _early["signal"] = self.signalled or _early["signal"], None
+        # The first interval is timed from here, so the walltime check after it already
+        # counts that interval (with its compilation), not zero.
+        self.last_call = time.time()
         return self
 
     def __exit__(self, *exc):
@@ -70,3 +105,27 @@ class StopControl:
             needed = 2 * self.longest_interval + 2 * self.write_seconds + self.margin
             return now + needed >= self.deadline
         return False
+
+
+def _deadline(walltime, environ):
+    """The epoch second to be done by: ``walltime`` (else NLSQ_MPI_WALLTIME) from now, or
+    SLURM_JOB_END_TIME, whichever comes first; None without either. InputError (the same
+    on every rank) for a value that is not a time."""
+    deadline = None
+    name, value = (("walltime", walltime) if walltime is not None
+                   else ("NLSQ_MPI_WALLTIME", environ.get("NLSQ_MPI_WALLTIME")))
+    try:
+        wall = parse_walltime(value)
+    except ValueError as exc:
+        raise InputError(f"{name}: {exc}") from None
+    if wall is not None:
+        deadline = time.time() + wall
+    end = environ.get("SLURM_JOB_END_TIME")
+    if end:
+        try:
+            end = float(end)
+        except ValueError:
+            raise InputError(f"SLURM_JOB_END_TIME: {end!r} is not an epoch time in seconds") \
+                from None
+        deadline = min(deadline or math.inf, end)
+    return deadline

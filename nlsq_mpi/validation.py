@@ -220,11 +220,9 @@ def check(model, xdata, ydata, p0, sigma, bounds, workflow, n_starts, sampler, l
     if checkpoint_seconds is not None and not (np.isfinite(checkpoint_seconds) and checkpoint_seconds > 0):
         raise InputError(f"checkpoint_seconds: must be None or a positive number, got {checkpoint_seconds!r}")
     try:
-        wall = parse_walltime(walltime)
-    except (TypeError, ValueError):
-        wall = -1
-    if wall is not None and not wall > 0:
-        raise InputError(f"walltime: must be positive seconds or 'HH:MM:SS', got {walltime!r}")
+        parse_walltime(walltime)
+    except ValueError as exc:
+        raise InputError(f"walltime: {exc}") from None
 
     return Checked(xdata, y, y_shape, sig, sigma_kind, lb, ub, p0, n, x_scale_inv, jac_scale,
                    sampler, int(n_starts))

@@ -1,9 +1,10 @@
 #!/bin/bash
 # PBS Pro / Torque script for an nlsq_mpi job that survives preemption and the walltime.
 #   qsub -v JOB=job.py scripts/pbs_job.sh
-# fit() stops NLSQ_MPI_WALLTIME seconds after it starts (here: the walltime less 5 minutes),
-# writes a checkpoint and exits with status 75; the script then resubmits itself and the
-# same command resumes from the checkpoint. PBS's own SIGTERM at preemption does the same.
+# fit() stops NLSQ_MPI_WALLTIME seconds after it starts (here: the walltime less 5 minutes,
+# or less a tenth of a walltime under 50 minutes), writes a checkpoint and exits with status
+# 75; the script then resubmits itself and the same command resumes from the checkpoint.
+# PBS's own SIGTERM at preemption does the same.
 #PBS -N nlsq_mpi
 #PBS -l select=1:ncpus=4:mpiprocs=4:ngpus=4
 #PBS -l walltime=24:00:00
@@ -12,7 +13,9 @@ set -u
 cd "${PBS_O_WORKDIR:-.}"
 JOB=${JOB:-job.py}
 export HDF5_USE_FILE_LOCKING=FALSE
-export NLSQ_MPI_WALLTIME=${NLSQ_MPI_WALLTIME:-$(( ${PBS_WALLTIME:-86400} - 300 ))}
+limit=${PBS_WALLTIME:-86400}
+margin=$(( limit / 10 < 300 ? limit / 10 : 300 ))
+export NLSQ_MPI_WALLTIME=${NLSQ_MPI_WALLTIME:-$(( limit - margin ))}
 NP=$(wc -l < "${PBS_NODEFILE:?not inside a PBS job}")
 PY=${NLSQ_MPI_PYTHON:-python}
 

@@ -135,6 +135,22 @@ def test_sigterm_without_mpirun_exits_75(tmp_path):
     assert not out.exists() and generations(ckpt)
 
 
+def test_a_signal_before_the_fit_stops_it_with_a_checkpoint(tmp_path):
+    """Preemption while the script still imports or loads its data: the runner keeps the
+    signal, the fit stops after its first interval with a checkpoint and status 75 (not
+    killed unsaved with 138), and the rerun finishes."""
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out.npz"
+    p = run([sys.executable, "-m", "nlsq_mpi", JOB, str(out), str(ckpt),
+             '{"signal_before_fit": "SIGUSR1", "n_starts": 6}'], timeout=300)
+    assert p.returncode == 75, p.stderr[-2000:]
+    assert "stop requested: checkpoint written" in p.stdout
+    snap, _ = read_generation(generations(ckpt)[0])
+    assert snap.round == 1 and not out.exists()
+    p = run([sys.executable, "-m", "nlsq_mpi", JOB, str(out), str(ckpt), '{"n_starts": 6}'],
+            timeout=300)
+    assert p.returncode == 0 and out.exists(), p.stderr[-2000:]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("ranks", [1, 3])
 def test_elastic_resume_with_other_rank_counts(tmp_path, reference, ranks):

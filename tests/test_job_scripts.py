@@ -20,7 +20,9 @@ def _stubs(tmp_path, job_status):
     bin_.mkdir()
     log = tmp_path / "calls.log"
     for name in ("srun", "mpiexec"):
-        (bin_ / name).write_text(f"#!/bin/bash\necho {name} \"$@\" >> {log}\nexit {job_status}\n")
+        (bin_ / name).write_text(f"#!/bin/bash\necho {name} \"$@\" >> {log}\n"
+                                 f"echo walltime ${{NLSQ_MPI_WALLTIME:-}} >> {log}\n"
+                                 f"exit {job_status}\n")
     for name in ("scontrol", "qsub"):
         (bin_ / name).write_text(f"#!/bin/bash\necho {name} \"$@\" >> {log}\n")
     for f in bin_.iterdir():
@@ -41,17 +43,22 @@ def test_slurm_script_requeues_on_status_75(tmp_path, job_status):
     assert ("scontrol requeue 99" in calls) == (job_status == 75)
 
 
-@pytest.mark.parametrize("job_status", [0, 75])
-def test_pbs_script_resubmits_on_status_75(tmp_path, job_status):
+@pytest.mark.parametrize("job_status, walltime, stop_at", [(0, 3600, 3300), (75, 3600, 3300),
+                                                           (75, 300, 270)])
+def test_pbs_script_resubmits_on_status_75(tmp_path, job_status, walltime, stop_at):
+    """Also: a short job keeps a positive walltime (a fixed 5-minute margin gave 0 for a
+    5-minute job, which stopped and resubmitted itself forever)."""
     bin_, log = _stubs(tmp_path, job_status)
     nodefile = tmp_path / "nodes"
     nodefile.write_text("n1\nn1\nn2\n")
     env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "PBS_NODEFILE": str(nodefile),
-           "PBS_O_WORKDIR": str(tmp_path), "JOB": "job.py", "PBS_WALLTIME": "3600",
+           "PBS_O_WORKDIR": str(tmp_path), "JOB": "job.py", "PBS_WALLTIME": str(walltime),
            "NLSQ_MPI_PYTHON": sys.executable}
+    env.pop("NLSQ_MPI_WALLTIME", None)
     p = subprocess.run(["bash", str(ROOT / "scripts" / "pbs_job.sh")], env=env,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == job_status
     calls = log.read_text()
     assert f"mpiexec -n 3 {sys.executable} -m nlsq_mpi job.py" in calls
+    assert f"walltime {stop_at}\n" in calls
     assert ("qsub -v JOB=job.py" in calls) == (job_status == 75)

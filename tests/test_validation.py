@@ -39,8 +39,10 @@ def line(x, a, b):
     (dict(f_scale=0), "f_scale"),
     (dict(max_nfev=0), "max_nfev"),
     (dict(checkpoint_interval=0), "checkpoint_interval"),
-    (dict(walltime="soon"), "walltime: must be positive seconds or 'HH:MM:SS', got 'soon'"),
-    (dict(walltime=0), "walltime"),
+    (dict(walltime="soon"), r"walltime: 'soon' is not a positive time: give seconds, or "
+                            r"\[D-\]HH:MM:SS"),
+    (dict(walltime=0), "walltime: 0 is not a positive time"),
+    (dict(walltime=60), "walltime: a fit without checkpoint_dir has nothing to save"),
     (dict(checkpoint_seconds=-1), "checkpoint_seconds"),
     (dict(batch_size=0), "batch_size"),
 ])

@@ -1,5 +1,9 @@
-"""Test job: a long hpc fit with checkpoints. argv: OUT.npz CKPT_DIR [extra fit kwargs as JSON]."""
+"""Test job: a long hpc fit with checkpoints. argv: OUT.npz CKPT_DIR [extra fit kwargs as JSON].
+The extra key "signal_before_fit" (a signal name) makes the job send itself that signal
+before it calls fit, as a scheduler's preemption during imports or data loading would."""
 import json
+import os
+import signal
 import sys
 
 import jax.numpy as jnp
@@ -19,6 +23,9 @@ extra = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
 kw = dict(sigma=np.full(x.size, 0.2), workflow="hpc", n_starts=160, batch_size=2,
           bounds=([0, 0, 0, -np.pi, -10], [100, 10, 20, np.pi, 10]), checkpoint_interval=1,
           checkpoint_dir=None if sys.argv[2] == "-" else sys.argv[2], progress_seconds=1e9)
+early = extra.pop("signal_before_fit", None)
 kw.update(extra)
+if early:
+    os.kill(os.getpid(), getattr(signal, early))
 r = fit(model, x, y, **kw)
 r.save(sys.argv[1])

@@ -43,6 +43,21 @@ def test_bad_input_raises_the_same_error_on_every_rank():
 
 
 @pytest.mark.mpi(min_size=2)
+def test_a_serial_workflow_refuses_to_checkpoint_from_several_ranks():
+    """Each rank would run the whole auto_global fit into one directory, and the ranks'
+    publishers would remove each other's files: a clear error on every rank instead."""
+    x, y, s = seed_data()
+    shared = Path(tempfile.gettempdir()) / "nlsq_mpi-test-never-written"
+    with pytest.raises(ValueError) as exc:
+        fit(seed_model, x, y, sigma=s, bounds=SEED_BOUNDS, workflow="auto_global",
+            n_starts=4, checkpoint_dir=str(shared))
+    messages = get_comm().allgather(str(exc.value))
+    assert len(set(messages)) == 1 and "workflow='auto_global' runs the whole fit on each " \
+        f"of the {size()} MPI ranks" in messages[0]
+    assert not shared.exists()
+
+
+@pytest.mark.mpi(min_size=2)
 def test_checkpoint_attributes_agree_when_rank_clocks_differ(monkeypatch):
     """Parallel HDF5 writes attributes collectively, so every rank must pass the same values.
     Rank 1's clock here reads differently (and prints shorter): every generation must still
