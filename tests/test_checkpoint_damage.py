@@ -202,3 +202,13 @@ def test_a_file_the_system_cannot_read_stops_the_fit_and_sets_nothing_aside(fini
         _fit(ckpt)
     monkeypatch.undo()
     assert generations(ckpt) == gens and not list(Path(ckpt).glob("*.damaged"))
+
+
+def test_checkpoint_seconds_writes_by_the_clock(tmp_path):
+    """checkpoint_seconds replaces the write at every interval by one at the first interval
+    end that many seconds after the last write (and the final one always)."""
+    every = _fit(tmp_path / "every").checkpoint["writes"]
+    rarely = _fit(tmp_path / "rarely", checkpoint_seconds=1e6)
+    assert every > 3 and rarely.checkpoint["writes"] == 1     # the final generation only
+    assert _fit(tmp_path / "often", checkpoint_seconds=1e-9).checkpoint["writes"] == every
+    np.testing.assert_array_equal(rarely.starts.x, _fit(tmp_path / "again").starts.x)
