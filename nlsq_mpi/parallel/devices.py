@@ -52,10 +52,13 @@ def bind_before_jax(environ=os.environ):
                 ",".join(gpus[info.local_rank::info.local_size])
         return f"local rank {info.local_rank}: GPU(s) {environ.get('CUDA_VISIBLE_DEVICES', mine)}"
     threads = _threads(info)
+    # XLA's CPU contractions split over threads sum in another order, so a start's last
+    # bits would depend on how many cores its process had: every process runs them on one
+    # thread (its cores become host devices instead, each with its own slice of the lanes).
+    flags = environ.get("XLA_FLAGS", "")
+    if "xla_cpu_multi_thread_eigen" not in flags:
+        environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
     if info.local_size > 1:
-        flags = environ.get("XLA_FLAGS", "")
-        if threads == 1 and "xla_cpu_multi_thread_eigen" not in flags:
-            environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             environ.setdefault(var, str(threads))
     return (f"local rank {info.local_rank} of {info.local_size}: CPU, {threads} thread(s), "
