@@ -4,7 +4,9 @@
 # fit() stops NLSQ_MPI_WALLTIME seconds after it starts (here: the walltime less 5 minutes,
 # or less a tenth of a walltime under 50 minutes), writes a checkpoint and exits with status
 # 75; the script then resubmits itself and the same command resumes from the checkpoint.
-# PBS's own SIGTERM at preemption does the same.
+# A SIGTERM or SIGUSR1 to this shell (PBS's preemption, qsig) is passed on to mpiexec as
+# SIGUSR1, which mpiexec forwards to every rank and waits for: they finish the interval,
+# write a checkpoint and exit with 75 as well.
 #PBS -N nlsq_mpi
 #PBS -l select=1:ncpus=4:mpiprocs=4:ngpus=4
 #PBS -l walltime=24:00:00
@@ -19,8 +21,18 @@ export NLSQ_MPI_WALLTIME=${NLSQ_MPI_WALLTIME:-$(( limit - margin ))}
 NP=$(wc -l < "${PBS_NODEFILE:?not inside a PBS job}")
 PY=${NLSQ_MPI_PYTHON:-python}
 
-mpiexec -n "$NP" "$PY" -m nlsq_mpi "$JOB"
-status=$?
+# The trap is set before the step starts, so a signal in between is not lost either.
+step=
+trap 'stop=1 interrupted=1; [ -n "$step" ] && kill -USR1 "$step" 2>/dev/null' USR1 TERM
+mpiexec -n "$NP" "$PY" -m nlsq_mpi "$JOB" &
+step=$!
+[ -n "${stop:-}" ] && kill -USR1 "$step" 2>/dev/null
+while :; do   # a trapped signal interrupts wait (status 128+n): wait again for the step's own
+  interrupted=
+  wait "$step"
+  status=$?
+  [ -z "$interrupted" ] && break
+done
 if [ "$status" -eq 75 ]; then
   echo "nlsq_mpi: checkpoint written, resubmitting"
   qsub -v JOB="$JOB" "$0"

@@ -19,14 +19,17 @@ shift
 export HDF5_USE_FILE_LOCKING=FALSE      # parallel HDF5 on NFS/Lustre
 PY=${NLSQ_MPI_PYTHON:-python}
 
+# The trap is set before the step starts, so a signal in between is not lost either.
+step=
+trap 'stop=1 interrupted=1; [ -n "$step" ] && kill -USR1 "$step" 2>/dev/null' USR1 TERM
 srun "$PY" -m nlsq_mpi "$JOB" "$@" &
 step=$!
-trap 'kill -USR1 "$step" 2>/dev/null' USR1 TERM
-wait "$step"
-status=$?
-while [ "$status" -gt 128 ] && kill -0 "$step" 2>/dev/null; do   # the trap interrupted wait
+[ -n "${stop:-}" ] && kill -USR1 "$step" 2>/dev/null
+while :; do   # a trapped signal interrupts wait (status 128+n): wait again for the step's own
+  interrupted=
   wait "$step"
   status=$?
+  [ -z "$interrupted" ] && break
 done
 if [ "$status" -eq 75 ]; then
   echo "nlsq_mpi: checkpoint written, requeueing job ${SLURM_JOB_ID:-?}"

@@ -1,7 +1,9 @@
 """The SLURM and PBS scripts: syntax, and a dry run with stub scheduler commands."""
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,31 @@ def test_pbs_script_resubmits_on_status_75(tmp_path, job_status, walltime, stop_
     assert f"mpiexec -n 3 {sys.executable} -m nlsq_mpi job.py" in calls
     assert f"walltime {stop_at}\n" in calls
     assert ("qsub -v JOB=job.py" in calls) == (job_status == 75)
+
+
+@pytest.mark.parametrize("script", ["slurm_job.sh", "pbs_job.sh"])
+def test_a_signal_to_the_batch_shell_reaches_the_job_and_requeues(tmp_path, script):
+    """The scheduler's SIGTERM (or USR1) to the batch shell: the shell survives, passes
+    SIGUSR1 to the job step (here a stub that exits 75 on it, as the ranks do after their
+    checkpoint) and requeues or resubmits."""
+    bin_, log = _stubs(tmp_path, 0)
+    for name in ("srun", "mpiexec"):
+        (bin_ / name).write_text(f"#!/bin/bash\ntrap 'echo {name} got USR1 >> {log}; kill $nap; "
+                                 f"exit 75' USR1\nsleep 30 & nap=$!\necho started >> {log}\n"
+                                 "wait\nexit 0\n")
+    nodefile = tmp_path / "nodes"
+    nodefile.write_text("n1\n")
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "SLURM_JOB_ID": "99",
+           "PBS_NODEFILE": str(nodefile), "PBS_O_WORKDIR": str(tmp_path), "JOB": "job.py",
+           "NLSQ_MPI_PYTHON": sys.executable}
+    p = subprocess.Popen(["bash", str(ROOT / "scripts" / script), "job.py"], env=env,
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (log.exists() and "started" in log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 75, err
+    calls = log.read_text()
+    assert "got USR1" in calls
+    assert ("scontrol requeue 99" if script == "slurm_job.sh" else "qsub -v JOB=job.py") in calls
