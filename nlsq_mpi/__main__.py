@@ -52,6 +52,9 @@ def _run_job(script, args, all_ranks):
         runpy.run_path(script, run_name="__main__")
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if exc.code is not None and not isinstance(exc.code, int):   # sys.exit("message")
+            sys.stderr.write(f"{exc.code}\n")
+            sys.stderr.flush()
         # A preempted fit stops on every rank together: no abort, the status carries through.
         if code not in (0, EXIT_PREEMPTED) and comm.size > 1:
             comm.abort(code)

@@ -1,6 +1,7 @@
 """fit(): validation, workflow choice, result assembly."""
 import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -103,6 +104,9 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
     c = check(model, xdata, ydata, p0, sigma, bounds, workflow, n_starts, sampler, loss, f_scale,
               x_scale, ftol, xtol, gtol, max_nfev, check_finite, checkpoint_interval, batch_size,
               walltime, checkpoint_seconds)
+    if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
+        raise InputError(f"checkpoint_dir: must be a path (str or os.PathLike), got "
+                         f"{checkpoint_dir!r}")
     if walltime is not None and checkpoint_dir is None:
         raise InputError("walltime: a fit without checkpoint_dir has nothing to save before the "
                          "limit; give a checkpoint_dir too, or leave the limit to the scheduler")

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import NlsqError
+from .errors import InputError, NlsqError
 from .h5file import FileWriter
 from .solver import SolverState, empty_state
 
@@ -231,14 +231,22 @@ class Checkpointer:
         self.collective = bool(h5py.get_config().mpi) and comm.size > 1
         self._serial_writer = FileWriter(h5py)
         self._collective_writer = FileWriter(h5py, comm.comm) if self.collective else None
+        problem = None
         if comm.rank == 0:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            for stale in glob.glob(str(self.dir / ".tmp-*")):
-                os.remove(stale)
-            if comm.size > 1 and not self.collective:
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                if not os.access(self.dir, os.W_OK | os.X_OK):
+                    raise PermissionError(f"no permission to write in {self.dir}")
+                for stale in glob.glob(str(self.dir / ".tmp-*")):
+                    os.remove(stale)
+            except OSError as exc:
+                problem = f"checkpoint_dir: cannot use {str(self.dir)!r}: {exc}"
+            if comm.size > 1 and not self.collective and problem is None:
                 log.info("h5py has no MPI support: one rank writes each checkpoint (rank 0, or "
                          "in the tail a rank with no starts left)")
-        comm.barrier()
+        problem = comm.bcast(problem)   # every rank raises the same error
+        if problem:
+            raise InputError(problem)
 
     # -- writing ------------------------------------------------------------------------
     def write(self, round_, snapshot, my_rows, alone=None):
@@ -464,8 +472,9 @@ def read_generation(path, h5py=None):
                 raise CheckpointVersionError(
                     f"checkpoint_dir: {path} has checkpoint schema version {version}; this "
                     f"nlsq_mpi reads version {SCHEMA_VERSION}. Finish the job with the nlsq_mpi "
-                    "that wrote it, or start over with resume=False or a new checkpoint_dir; "
-                    "nothing was overwritten")
+                    "that wrote it, or start over: resume=False, a new checkpoint_dir, or "
+                    f"remove the gen-*.h5 files in {os.path.dirname(path) or '.'}; nothing was "
+                    "overwritten")
             if version != SCHEMA_VERSION:
                 raise CheckpointCorrupt(f"schema_version {version!r}, expected {SCHEMA_VERSION}")
             data = {k: fh[k][...] for k in ("table", "state")}

@@ -212,3 +212,12 @@ def test_checkpoint_seconds_writes_by_the_clock(tmp_path):
     assert every > 3 and rarely.checkpoint["writes"] == 1     # the final generation only
     assert _fit(tmp_path / "often", checkpoint_seconds=1e-9).checkpoint["writes"] == every
     np.testing.assert_array_equal(rarely.starts.x, _fit(tmp_path / "again").starts.x)
+
+
+def test_a_checkpoint_dir_that_cannot_be_made_is_an_input_error(tmp_path):
+    from nlsq_mpi import InputError
+    taken = tmp_path / "a_file"
+    taken.write_text("not a directory")
+    with pytest.raises(InputError, match=r"checkpoint_dir: cannot use '.*a_file': .*File exists"):
+        _fit(taken)
+    assert taken.read_text() == "not a directory"

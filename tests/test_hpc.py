@@ -116,6 +116,10 @@ def test_runner_passes_argv_and_exit_status(tmp_path):
     p = run([sys.executable, "-m", "nlsq_mpi", str(script), "3", "x"], timeout=120)
     assert p.returncode == 3
     assert f"ARGS ['{script}', '3', 'x']" in p.stdout
+    said = tmp_path / "said.py"
+    said.write_text("import sys\nsys.exit('bad data file: please fix')\n")
+    p = run([sys.executable, "-m", "nlsq_mpi", str(said)], timeout=120)
+    assert p.returncode == 1 and "bad data file: please fix" in p.stderr   # as python says it
 
 
 def test_only_rank_0_prints_by_default(tmp_path):

@@ -43,6 +43,7 @@ def line(x, a, b):
                             r"\[D-\]HH:MM:SS"),
     (dict(walltime=0), "walltime: 0 is not a positive time"),
     (dict(walltime=60), "walltime: a fit without checkpoint_dir has nothing to save"),
+    (dict(checkpoint_dir=5), r"checkpoint_dir: must be a path \(str or os.PathLike\), got 5"),
     (dict(checkpoint_seconds=-1), "checkpoint_seconds"),
     (dict(batch_size=0), "batch_size"),
 ])
