@@ -105,17 +105,23 @@ def _all_arrive(errors, timeout):
 
 
 def inspect_dir(directory):
-    """Print each generation in DIR with its validity, progress, best fit and age."""
+    """Print each generation in DIR with its validity, progress, best fit and age, then the
+    files set aside as damaged and the final result; status 0 when some generation is
+    valid, 1 when none is (or DIR holds none)."""
+    import glob
     import time
 
     import numpy as np
 
     from .checkpoint import (CheckpointCorrupt, CheckpointUnreadable, CheckpointVersionError,
                              generations, read_generation)
+    if not os.path.isdir(directory):
+        print(f"{directory}: no such directory")
+        return 1
     paths = generations(directory)
     if not paths:
         print(f"{directory}: no checkpoint generations")
-        return 1
+    valid = 0
     for path in paths:
         try:
             snap, attrs = read_generation(path)
@@ -128,6 +134,7 @@ def inspect_dir(directory):
         except CheckpointUnreadable as exc:
             print(f"{path}: UNREADABLE ({exc})")
             continue
+        valid += 1
         t = snap.table
         done = int(np.sum(t["status"] != -5))
         ok = (t["status"] >= 0) & np.isfinite(t["cost"])
@@ -138,7 +145,12 @@ def inspect_dir(directory):
             b = int(np.flatnonzero(ok)[np.argmin(t["cost"][ok])])
             print(f"  best cost {t['cost'][b]:.10g} (start {b}), parameters "
                   + " ".join(f"{v:.10g}" for v in t["x"][b]))
-    return 0
+    for damaged in sorted(glob.glob(os.path.join(directory, "*.damaged"))):
+        print(f"{damaged}: set aside as damaged by a resume")
+    final = os.path.join(directory, "result.h5")
+    if os.path.exists(final):
+        print(f"{final}: the final result of a finished fit")
+    return 0 if valid else 1
 
 
 def main(argv=None):
@@ -166,7 +178,11 @@ def main(argv=None):
     if ns.target == "inspect":
         if len(ns.args) != 1:
             parser.error("inspect takes one argument: the checkpoint directory")
-        return inspect_dir(ns.args[0])
+        try:
+            return inspect_dir(ns.args[0])
+        except BrokenPipeError:   # piped into head: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
     if not os.path.isfile(ns.target):
         parser.error(f"no such job script: {ns.target}")
     record_early_signals()

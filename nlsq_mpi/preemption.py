@@ -66,6 +66,7 @@ class StopControl:
         stop with status 75 would requeue it to start over, forever) leaves the walltime to
         the scheduler and stops on signals only."""
         self.signalled = None
+        self.reason = ""   # why __call__ last said stop: the signal's name or "walltime"
         self.deadline = None
         if watch_deadline:
             self.deadline = _deadline(walltime, environ)
@@ -100,10 +101,13 @@ class StopControl:
             self.longest_interval = max(self.longest_interval, now - self.last_call)
         self.last_call = now
         if self.signalled:
+            self.reason = self.signalled
             return True
         if self.deadline is not None:
             needed = 2 * self.longest_interval + 2 * self.write_seconds + self.margin
-            return now + needed >= self.deadline
+            if now + needed >= self.deadline:
+                self.reason = "walltime"
+                return True
         return False
 
 

@@ -143,7 +143,7 @@ def test_a_signal_before_the_fit_stops_it_with_a_checkpoint(tmp_path):
     p = run([sys.executable, "-m", "nlsq_mpi", JOB, str(out), str(ckpt),
              '{"signal_before_fit": "SIGUSR1", "n_starts": 6}'], timeout=300)
     assert p.returncode == 75, p.stderr[-2000:]
-    assert "stop requested: checkpoint written" in p.stdout
+    assert "stop requested: checkpoint written" in p.stdout and "(SIGUSR1 on rank 0)" in p.stdout
     snap, _ = read_generation(generations(ckpt)[0])
     assert snap.round == 1 and not out.exists()
     p = run([sys.executable, "-m", "nlsq_mpi", JOB, str(out), str(ckpt), '{"n_starts": 6}'],
@@ -170,7 +170,16 @@ def test_inspect_reports_generations(tmp_path):
     shutil.copy(generations(ckpt)[0], ckpt / "gen-999999999.h5")
     with open(ckpt / "gen-999999999.h5", "r+b") as fh:
         fh.truncate(1000)
+    (ckpt / "gen-000000001.h5.damaged").write_bytes(b"set aside")
     r = run([sys.executable, "-m", "nlsq_mpi", "inspect", str(ckpt)], timeout=120)
     assert r.returncode == 0
     assert "gen-999999999.h5: INVALID" in r.stdout
     assert "valid, round" in r.stdout and "starts done 6/6" in r.stdout and "best cost" in r.stdout
+    assert "gen-000000001.h5.damaged: set aside as damaged" in r.stdout
+    assert "result.h5: the final result" in r.stdout
+    for path in generations(ckpt)[1:]:   # only the invalid one left: status 1
+        os.remove(path)
+    r = run([sys.executable, "-m", "nlsq_mpi", "inspect", str(ckpt)], timeout=120)
+    assert r.returncode == 1 and "INVALID" in r.stdout
+    r = run([sys.executable, "-m", "nlsq_mpi", "inspect", str(ckpt / "nope")], timeout=120)
+    assert r.returncode == 1 and "nope: no such directory" in r.stdout

@@ -66,11 +66,11 @@ def test_time_needed_counts_the_longest_interval_and_write_twice():
 
 def test_walltime_from_environment_and_signal_flag():
     stop = StopControl(environ={"NLSQ_MPI_WALLTIME": "1"}, margin=5)
-    assert stop()
+    assert stop() and stop.reason == "walltime"
     quiet = StopControl(environ={})
-    assert not quiet()
+    assert not quiet() and quiet.reason == ""
     quiet._handler(10, None)
-    assert quiet() and quiet.signalled == "SIGUSR1"
+    assert quiet() and quiet.signalled == quiet.reason == "SIGUSR1"
 
 
 @pytest.fixture

@@ -224,7 +224,9 @@ def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scal
         steps += n_steps
         batch, rows = harvest(batch)
         active = int((batch.start_of_lane >= 0).sum())
-        want_stop = bool(stop is not None and stop())
+        # Why this rank must stop ("" if it need not): StopControl says which signal or the
+        # walltime; any other stop callable is just "asked".
+        want_stop = (getattr(stop, "reason", "") or "asked") if stop is not None and stop() else ""
         states = in_flight(batch) if checkpoint is not None else None
         due = checkpoint is not None and comm.rank == 0 and checkpoint.wants_write()
         # Rank 0's clock travels too: a checkpoint's attributes must be identical on every
@@ -247,9 +249,10 @@ def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scal
             log.info(progress_line(done, n_starts, table, now - t0, done_before))
         if stopping:
             if comm.rank == 0:
+                why = ", ".join(f"{g[4]} on rank {r}" for r, g in enumerate(gathered) if g[4])
                 log.warning("stop requested: %s; exiting with status %d so the job can be "
-                            "requeued", "checkpoint written" if checkpoint else "no checkpoint_dir",
-                            EXIT_PREEMPTED)
+                            "requeued (%s)", "checkpoint written" if checkpoint
+                            else "no checkpoint_dir", EXIT_PREEMPTED, why)
             raise Preempted(EXIT_PREEMPTED)
         if remaining == 0:
             return table
