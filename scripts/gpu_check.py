@@ -4,8 +4,8 @@
     mpirun -n 4 python -m nlsq_mpi scripts/gpu_check.py      one rank per GPU
 
 Each rank prints what it detected and which device JAX gives it; rank 0 then times a fit of
-the DESIGN.md model (m=2,000) over --starts starts, after a compile run, and prints starts
-per second. It runs on CPU too (the same numbers, for comparison).
+the model of examples/job.py (m=2,000) over --starts starts, after a compile run, and prints
+starts per second. It runs on CPU too (the same numbers, for comparison).
 """
 import argparse
 import sys

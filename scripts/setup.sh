@@ -45,7 +45,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$PY" -m pip install -q "pytest>=7" "pytest-mpi>=0.6" "pytest-timeout>=2" "scipy>=1.10"
 fi
 
-# 3. h5py: against parallel HDF5 when there is one, never with build isolation (DESIGN.md: an
+# 3. h5py: against parallel HDF5 when there is one, never with build isolation (measured: an
 #    isolated build compiles mpi4py from source, >20 GB of memory).
 if ! "$PY" -c "import h5py, sys; sys.exit(0 if h5py.get_config().mpi else 1)" 2>/dev/null; then
   MPICC=${MPICC:-mpicc}
