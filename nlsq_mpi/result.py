@@ -5,6 +5,7 @@ from typing import Optional
 
 import numpy as np
 
+from .errors import InputError
 from .solver.status import EMPTY, FAILED
 
 
@@ -83,6 +84,9 @@ class FitResult:
         once: from rank 0 only when running under MPI. Returns the path."""
         from .parallel.comm import get_comm
         path = Path(path)
+        if path.suffix not in (".npz", ".h5", ".hdf5"):   # raised on every rank alike
+            raise InputError(f"path: unsupported suffix {path.suffix!r} in {str(path)!r}; use "
+                             ".npz or .h5")
         if get_comm().rank != 0:
             return path
         arrays = {"popt": self.popt, "pcov": self.pcov, "perr": self.perr,
@@ -96,13 +100,11 @@ class FitResult:
         if path.suffix == ".npz":
             with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays, **{k: np.asarray(v) for k, v in scalars.items()})
-        elif path.suffix in (".h5", ".hdf5"):
+        else:   # .h5, .hdf5
             import h5py
             from .h5file import FileWriter
             arrays = {k: np.asarray(v) for k, v in arrays.items()}
             FileWriter(h5py).write(tmp, scalars, {k: (v.dtype, v.shape, [(v, 0)])
                                                   for k, v in arrays.items()})
-        else:
-            raise ValueError(f"path: unsupported suffix {path.suffix!r}; use .npz or .h5")
         tmp.replace(path)
         return path

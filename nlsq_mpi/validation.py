@@ -186,6 +186,12 @@ def check(model, xdata, ydata, p0, sigma, bounds, workflow, n_starts, sampler, l
                 raise InputError(f"n_starts: {n_starts} differs from the {sampler.shape[0]} rows "
                                  "of the sampler array")
             n_starts = sampler.shape[0]
+            outside = ~(np.isfinite(sampler) & (sampler >= lb) & (sampler <= ub))
+            if outside.any():   # as p0 would be: a start must lie inside the bounds
+                i, j = map(int, np.argwhere(outside)[0])
+                raise InputError(f"sampler: start {i} has x[{j}]={sampler[i, j]:g} outside bounds "
+                                 f"[{lb[j]:g}, {ub[j]:g}] ({int(outside.any(axis=1).sum())} "
+                                 "start(s) in all)")
         elif n_starts is None:
             n_starts = 64
     else:

@@ -96,10 +96,12 @@ def test_resume_false_starts_over_and_keep_checkpoints_false_cleans_up(finished)
 
 
 def test_finished_run_resumes_to_the_same_result(finished):
+    """And writes nothing: no generation with nothing done (and inflated steps) on top."""
     ckpt, ref, gens = finished
     r = _fit(ckpt)
     assert r.resumed_from == gens[0]
     np.testing.assert_array_equal(r.popt, ref.popt)
+    assert generations(ckpt) == gens and r.checkpoint["writes"] == 0
 
 
 def test_auto_global_checkpoints_and_resumes_too(tmp_path):
@@ -108,7 +110,7 @@ def test_auto_global_checkpoints_and_resumes_too(tmp_path):
     first = fit(seed_model, x, y, sigma=s, checkpoint_dir=tmp_path, **kw)
     assert generations(tmp_path) and first.checkpoint["writes"] > 0
     again = fit(seed_model, x, y, sigma=s, checkpoint_dir=tmp_path, **kw)
-    assert again.resumed_from == generations(tmp_path)[1]   # the final generation of run 1
+    assert again.resumed_from == generations(tmp_path)[0]   # the final generation of run 1
     np.testing.assert_array_equal(again.starts.x, first.starts.x)
 
 

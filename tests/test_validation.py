@@ -25,6 +25,9 @@ def line(x, a, b):
     (dict(sigma=np.where(X > 5, np.nan, 1.0)), "sigma: contains NaN"),
     (dict(bounds=([0, 0, 5, -4, -10], [100, 10, 5, 4, 10])), r"bounds: lower\[2\]=5 is not below upper\[2\]=5"),
     (dict(p0=[10, 1, 25, 0, 0], bounds=SEED_BOUNDS), r"p0: p0\[2\]=25 is outside bounds \[0, 20\]"),
+    (dict(p0=None, workflow="auto_global", bounds=SEED_BOUNDS,
+          sampler=np.array([[10, 1, 5, 0, 0], [500, 1, 5, 0, 0], [10, np.nan, 5, 0, 0]])),
+     r"sampler: start 1 has x\[0\]=500 outside bounds \[0, 100\] \(2 start\(s\) in all\)"),
     (dict(p0=[10, 1, 5, 0]), "p0: the number of parameters disagrees: model signature has 5, p0 has 4"),
     (dict(p0=None, workflow="auto_global", bounds=([0] * 5, [1, 1, 1, 1, np.inf])), "bounds: workflow='auto_global'.*parameter 4"),
     (dict(workflow="hpc"), "bounds: workflow='hpc'"),
@@ -100,3 +103,10 @@ def test_start_with_finite_residuals_but_infinite_jacobian_is_marked_failed():
         r = fit(sqrt_model, x, y, sampler=starts, bounds=([-3, -1], [3, 3]), workflow="auto_global")
     assert r.starts.status[0] == -4 and np.isinf(r.starts.cost[0])
     assert r.best_start == 1 and r.popt == pytest.approx([2.0, 1.0], rel=1e-6)
+
+
+def test_saving_to_an_unknown_format_is_an_input_error(tmp_path):
+    r = fit(seed_model, X, Y, p0=P0)
+    with pytest.raises(InputError, match=r"path: unsupported suffix '.csv'.*use .npz or .h5"):
+        r.save(tmp_path / "out.csv")
+    assert not list(tmp_path.iterdir())

@@ -196,6 +196,8 @@ def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scal
     else:
         table, saved, round_, steps = resume.table, dict(resume.saved), resume.round, resume.steps
     unfinished = [i for i in range(n_starts) if table.status[i] == EMPTY]
+    if not unfinished:   # resumed from a finished fit's checkpoint: nothing to run or write
+        return table
     pending = sorted(saved) + [i for i in unfinished if i not in saved]
     batch = Batch.empty(batch_width, n_params)
     shared_queue = pending if rebalance else []
