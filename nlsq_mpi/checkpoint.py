@@ -25,8 +25,9 @@ lanes, rank 0 the table (where h5py has no MPI support, rank 0 writes the whole 
 fit's tail, when no start waits and some rank has no running lanes, that rank writes the
 whole file alone while the others compute (driver.idle_writer). The rank that wrote it alone,
 or rank 0, then fsyncs and renames it into place in a background thread that overlaps the
-next interval. The previous generation is kept, older ones and stale temporaries are
-removed. Readable with plain h5py or h5dump (files written by h5file.FileWriter).
+next interval (ranks on several nodes first sync their own rows, each, as the collective
+file closes: one node's fsync covers its own writes only). The previous generation is kept,
+older ones and stale temporaries are removed. Readable with plain h5py or h5dump (files written by h5file.FileWriter).
 """
 import contextlib
 import functools
@@ -229,6 +230,9 @@ class Checkpointer:
         import h5py
         self.h5py = h5py
         self.collective = bool(h5py.get_config().mpi) and comm.size > 1
+        # Ranks on several nodes: the publisher's fsync covers its own node's page cache
+        # only, so in a collective write every rank syncs its own rows before the close.
+        self.nodes_apart = comm.size > 1 and comm.local_split()[1] < comm.size
         self._serial_writer = FileWriter(h5py)
         self._collective_writer = FileWriter(h5py, comm.comm) if self.collective else None
         problem = None
@@ -309,7 +313,8 @@ class Checkpointer:
             "table": (data["table"].dtype, data["table"].shape,
                       [(data["table"], 0)] if mine else []),
             "state": (data["state"].dtype, data["state"].shape, [(data["state"][lo:hi], lo)]),
-            "best_x": (best_x.dtype, best_x.shape, [(best_x, 0)] if mine else [])})
+            "best_x": (best_x.dtype, best_x.shape, [(best_x, 0)] if mine else [])},
+            sync=self.nodes_apart and not whole)
 
     def _publish_reporting(self, tmp, round_):
         """_publish in the publisher thread; its error (a full disk, say) is raised by the

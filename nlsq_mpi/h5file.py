@@ -41,12 +41,14 @@ class FileWriter:
             self._types[dtype] = self.h5py.h5t.py_create(dtype, logical=True)
         return self._types[dtype]
 
-    def write(self, path, attrs, datasets):
+    def write(self, path, attrs, datasets, sync=False):
         """Create ``path`` (truncating) with ``attrs`` (name -> int, float or str) and
         ``datasets`` (name -> (dtype, shape, parts)), where ``parts`` lists the
         ``(rows, first_row)`` blocks this process writes. In collective mode every rank makes
         the same call with the same attrs, names, dtypes and shapes (HDF5 metadata is
-        collective); the parts are each rank's own."""
+        collective); the parts are each rank's own. With ``sync`` every process syncs what
+        it wrote to storage before the file closes (H5Fflush, which is MPI_File_sync under
+        mpio): for ranks on several nodes, whose writes one node's fsync does not cover."""
         h5f, h5d, h5s, h5a = self.h5py.h5f, self.h5py.h5d, self.h5py.h5s, self.h5py.h5a
         fid = h5f.create(os.fsencode(path), h5f.ACC_TRUNC, fcpl=self._file_create,
                          fapl=self._file_access)
@@ -67,6 +69,8 @@ class FileWriter:
                         self._write_rows(dset, file_type, file_space, rows, first, dtype)
                 finally:
                     dset.close()
+            if sync:
+                h5f.flush(fid, h5f.SCOPE_GLOBAL)
         finally:
             fid.close()
 

@@ -58,6 +58,33 @@ def test_a_serial_workflow_refuses_to_checkpoint_from_several_ranks():
 
 
 @pytest.mark.mpi(min_size=2)
+def test_ranks_on_several_nodes_each_sync_their_rows_before_the_close(monkeypatch):
+    """Every rank on a node of its own (as local_split would say): each syncs the collective
+    file (H5Fflush, MPI_File_sync under mpio) before it closes, and the files validate."""
+    import h5py
+    comm = get_comm()
+    monkeypatch.setattr(type(comm), "local_split", lambda self: (0, 1))
+    flushes = []
+    flush = h5py.h5f.flush
+    monkeypatch.setattr(h5py.h5f, "flush", lambda fid, scope: flushes.append(scope) or
+                        flush(fid, scope))
+    base = Path(comm.bcast(tempfile.mkdtemp() if comm.rank == 0 else None))
+    x, y, s = seed_data()
+    r = fit(seed_model, x, y, sigma=s, bounds=SEED_BOUNDS, workflow="hpc", n_starts=24,
+            batch_size=4, checkpoint_interval=2, progress_seconds=1e9,
+            checkpoint_dir=str(base))
+    collective = r.checkpoint["writes"] - r.checkpoint["solo_writes"]
+    assert collective > 0 and comm.allgather(len(flushes)) == [collective] * comm.size
+    assert set(flushes) == {h5py.h5f.SCOPE_GLOBAL}
+    comm.barrier()
+    if comm.rank == 0:
+        for path in generations(base):
+            read_generation(path)          # raises CheckpointCorrupt if a row went missing
+        shutil.rmtree(base)
+    comm.barrier()
+
+
+@pytest.mark.mpi(min_size=2)
 def test_checkpoint_attributes_agree_when_rank_clocks_differ(monkeypatch):
     """Parallel HDF5 writes attributes collectively, so every rank must pass the same values.
     Rank 1's clock here reads differently (and prints shorter): every generation must still
