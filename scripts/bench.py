@@ -12,7 +12,9 @@ Parts:
      default lanes per device (5 interleaved pairs of runs: best of each side, and the
      median of the pairs' ratios) and at batch_size=16 (3 pairs); file size, write time,
      and the floor of one collective generation with h5py alone (bench_h5_floor.py), back
-     to back and after an interval's worth of computation.
+     to back and after an interval's worth of computation (also with its fsync, rename and
+     directory fsync done at once), with the lower bound that floor puts on the default
+     run's overhead (its collective writes times the cold floor).
 """
 import json
 import os
@@ -171,8 +173,9 @@ def part3():
                   f"({100 * c['write_seconds'] / fastest['seconds']:.1f}% of that run's wall time), "
                   f"last file {c['last_bytes'] / 1024:.0f} KiB, "
                   f"{1e3 * min(plain) / max(1, c['writes']):.0f} ms of computation per write")
-            if not flags:   # the floor's gap: the default run's computation per write
+            if not flags:   # the floor's gap, and the writes all ranks stop for
                 gap = 1e3 * min(plain) / max(1, c["writes"])
+                collective, plain_default = c["writes"] - c["solo_writes"], min(plain)
         print(f"  once per process, paid by the warm-up fit and not counted above: import h5py "
               f"{1e3 * fastest['import_h5py_seconds']:.0f} ms")
         p = subprocess.run(["mpirun", "-n", "2", sys.executable, str(ROOT / "scripts" / "bench_h5_floor.py"),
@@ -182,7 +185,16 @@ def part3():
         floor = json.loads(p.stdout.strip().splitlines()[-1])
         print(f"  floor, h5py alone (bench_h5_floor.py): {floor['hot_ms']:.1f} ms per collective "
               f"generation back to back, {floor['cold_ms']:.1f} ms after {floor['gap_ms']:.0f} ms "
-              f"of computation")
+              f"of computation, {floor['cold_durable_ms']:.1f} ms with its fsync, rename and "
+              f"directory fsync done at once")
+        # Every rank stops for a collective write, so at the default lanes the checkpoints
+        # cost at least this much of the run, whatever nlsq_mpi's own work around them.
+        print(f"  lower bound at the default lanes, from the floor alone: {collective} collective "
+              f"writes x {floor['cold_ms']:.1f} ms = "
+              f"{100 * collective * floor['cold_ms'] / (1e3 * plain_default):.1f}% of the "
+              f"{plain_default:.2f} s run without checkpoints; "
+              f"{100 * collective * floor['cold_durable_ms'] / (1e3 * plain_default):.1f}% with "
+              f"the durability steps done at once")
 
 
 if __name__ == "__main__":
