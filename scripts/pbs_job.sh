@@ -22,6 +22,8 @@ NP=$(wc -l < "${PBS_NODEFILE:?not inside a PBS job}")
 PY=${NLSQ_MPI_PYTHON:-python}
 
 # The trap is set before the step starts, so a signal in between is not lost either.
+# (These lines repeat slurm_job.sh's: the scheduler runs a copy of this script from its
+# spool directory, so it cannot source a file kept beside it.)
 step=
 trap 'stop=1 interrupted=1; [ -n "$step" ] && kill -USR1 "$step" 2>/dev/null' USR1 TERM
 mpiexec -n "$NP" "$PY" -m nlsq_mpi "$JOB" &

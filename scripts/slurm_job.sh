@@ -20,6 +20,8 @@ export HDF5_USE_FILE_LOCKING=FALSE      # parallel HDF5 on NFS/Lustre
 PY=${NLSQ_MPI_PYTHON:-python}
 
 # The trap is set before the step starts, so a signal in between is not lost either.
+# (These lines repeat pbs_job.sh's: the scheduler runs a copy of this script from its
+# spool directory, so it cannot source a file kept beside it.)
 step=
 trap 'stop=1 interrupted=1; [ -n "$step" ] && kill -USR1 "$step" 2>/dev/null' USR1 TERM
 srun "$PY" -m nlsq_mpi "$JOB" "$@" &
