@@ -96,24 +96,34 @@ def _hash(*arrays_or_text):
     return h.hexdigest()
 
 
-def identity(value, _path=()):
+def identity(value, _seen=None, _depth=0):
     """What ``value`` (a model, its parameters, an x_scale) is, as text that is the same in
     every process that builds the same value: source code for functions (also under
-    functools.partial or jax.jit, and with the object a method is bound to), a digest for
-    arrays, recursion into containers and into the attributes of a callable object. Never
-    a repr with a memory address, which would make every rerun look like another problem."""
+    functools.partial or jax.jit), with the values their closures hold and, for a method,
+    the object it is bound to; a digest for arrays; recursion into containers and into a
+    callable object's attributes (or slots). Modules count by name, an object met twice by
+    its first appearance, and the walk stops 12 levels deep. Never a repr with a memory
+    address, which would make every rerun look like another problem."""
     if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
         return repr(value)
     if hasattr(value, "__array__") or isinstance(value, np.generic):
         return f"array {_hash(np.asarray(value))}"
-    if id(value) in _path:   # an object that refers back to itself
-        return "<cycle>"
-    inner = functools.partial(identity, _path=_path + (id(value),))
+    if inspect.ismodule(value):
+        return f"module {value.__name__}"
+    seen = {} if _seen is None else _seen
+    if id(value) in seen:     # shared, or referring back to itself
+        return f"<object {seen[id(value)]}>"
+    if _depth > 12:
+        return f"<{type(value).__qualname__} too deep>"
+    seen[id(value)] = len(seen)
+    inner = functools.partial(identity, _seen=seen, _depth=_depth + 1)
     if isinstance(value, functools.partial):
         return (f"partial({inner(value.func)}, args={inner(value.args)}, "
                 f"keywords={inner(value.keywords)})")
     if isinstance(value, (list, tuple)):
         return f"{type(value).__name__}[{', '.join(map(inner, value))}]"
+    if isinstance(value, (set, frozenset)):
+        return f"{type(value).__name__}{{{', '.join(sorted(map(inner, value)))}}}"
     if isinstance(value, dict):
         return "{" + ", ".join(f"{inner(k)}: {inner(value[k])}"
                                for k in sorted(value, key=repr)) + "}"
@@ -121,18 +131,30 @@ def identity(value, _path=()):
     if inspect.ismethod(function):
         return f"{inner(function.__func__)} bound to {inner(function.__self__)}"
     if inspect.isroutine(function):
+        code = getattr(function, "__code__", None)
         try:
-            return inspect.getsource(function)
-        except (OSError, TypeError):   # no source file (an interactive session)
-            code = getattr(function, "__code__", None)
-            return (f"{getattr(function, '__module__', '')}.{function.__qualname__}"
-                    + (f" {_hash(code.co_code.hex(), repr(code.co_consts))}" if code else ""))
+            text = inspect.getsource(function)
+        except (OSError, TypeError):   # no source file (an interactive session, exec)
+            text = (f"{getattr(function, '__module__', '')}.{function.__qualname__}"
+                    + (f" {_code_identity(code)}" if code else ""))
+        cells = getattr(function, "__closure__", None) or ()
+        return text + (f" closure {inner([c.cell_contents for c in cells])}" if cells else "")
     kind = type(value)
     try:
         described = inspect.getsource(kind)
     except (OSError, TypeError):
         described = f"{kind.__module__}.{kind.__qualname__}"
-    return described + inner(vars(value) if hasattr(value, "__dict__") else {})
+    fields = dict(vars(value)) if hasattr(value, "__dict__") else {}
+    for name in getattr(kind, "__slots__", ()):
+        if hasattr(value, name):
+            fields[name] = getattr(value, name)
+    return described + inner(fields)
+
+
+def _code_identity(code):
+    """A function's compiled code, with the code of the functions defined inside it."""
+    consts = [_code_identity(c) if inspect.iscode(c) else repr(c) for c in code.co_consts]
+    return _hash(code.co_code.hex(), *consts)
 
 
 def fingerprint_parts(**parts):
@@ -217,6 +239,8 @@ class Checkpointer:
     """Writes and reads the generations of one fit's checkpoint_dir (collectively)."""
 
     def __init__(self, comm, directory, parts, log):
+        # Rank 0's parts on every rank: the attributes written collectively must agree.
+        parts = comm.bcast(parts)
         self.comm, self.dir, self.parts, self.log = comm, Path(directory), parts, log
         self.fingerprint = combined(parts)
         self.last_write_seconds = 0.0
@@ -468,9 +492,10 @@ def read_generation(path, h5py=None):
     if h5py is None:
         import h5py
     try:
-        # No lock: a lock that fails (a file system without one, another job reading the
-        # file) is no reason to think the file damaged.
-        with h5py.File(path, "r", locking=False) as fh:
+        # No lock where HDF5 can do without (1.10.7 on): a lock that fails (a file system
+        # without one, another job reading the file) is no reason to think the file damaged.
+        unlocked = {"locking": False} if hasattr(h5py.h5p.PropFAID, "set_file_locking") else {}
+        with h5py.File(path, "r", **unlocked) as fh:
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in fh.attrs.items()}
             version = attrs.get("schema_version")
             if isinstance(version, (int, np.integer)) and version != SCHEMA_VERSION:
@@ -486,8 +511,8 @@ def read_generation(path, h5py=None):
             if checksum(data, attrs) != attrs.get("checksum"):
                 raise CheckpointCorrupt("checksum mismatch")
             attrs["meta"] = json.loads(attrs["meta"])
-    except (CheckpointCorrupt, CheckpointVersionError):
-        raise
+    except (CheckpointCorrupt, CheckpointVersionError, AttributeError, NameError):
+        raise   # ours, or a bug: never a reason to set a file aside
     except OSError as exc:
         if exc.errno is not None:   # the operating system's error (h5py sets errno then)
             raise CheckpointUnreadable(

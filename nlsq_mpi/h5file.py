@@ -24,7 +24,8 @@ class FileWriter:
         if mpi_comm is not None:
             from mpi4py import MPI
             self._file_access.set_fapl_mpio(mpi_comm, MPI.INFO_NULL)
-        else:   # each file has a name of its own: no lock (which some parallel file systems lack)
+        elif hasattr(self._file_access, "set_file_locking"):   # HDF5 1.10.7 on
+            # Each file has a name of its own: no lock (which some parallel file systems lack).
             self._file_access.set_file_locking(False, True)
         self._file_create = h5p.create(h5p.FILE_CREATE)
         self._file_create.set_obj_track_times(False)

@@ -3,8 +3,10 @@ problem (a memory address in it made every rerun of a functools.partial model, o
 callable object, look like another problem), and different when any part differs."""
 import functools
 import json
+import os
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import jax
@@ -39,9 +41,18 @@ def parts(model, shift=0.0):
                                1e-8, 1e-8, 1e-8, None, 0)
 
 
+def defined_without_a_source_file():
+    """As in an interactive session or exec'd code, with a function defined inside it."""
+    space = {"jnp": jnp}
+    exec("def no_file(x, a, b):\n    shape = lambda t: jnp.exp(-b * t)\n"
+         "    return a * shape(x['t'])\n", space)
+    return space["no_file"]
+
+
 def models():
     return {"partial": functools.partial(decay, k=2.0), "object": Decay(2.0),
-            "jit": jax.jit(decay)}
+            "jit": jax.jit(decay), "method": Decay(2.0).__call__, "closure": make_decay(2.0),
+            "modules": HoldsModules(2.0), "exec": defined_without_a_source_file()}
 
 
 def test_the_same_in_another_process():
@@ -67,3 +78,37 @@ def test_a_bound_method_counts_its_object_and_a_cycle_ends():
     a.me = a
     assert parts(a.__call__)["model"] != parts(b.__call__)["model"]
     assert parts(a.__call__)["model"] == parts(a.__call__)["model"]
+
+
+def make_decay(k):
+    def closed(x, a, b):
+        return k * a * jnp.exp(-b * x["t"])
+    return closed
+
+
+class Slotted:
+    __slots__ = ("k",)
+
+    def __init__(self, k):
+        self.k = k
+
+    def __call__(self, x, a, b):
+        return self.k * a * jnp.exp(-b * x["t"])
+
+
+class HoldsModules:
+    """A model object that keeps modules (and so, through them, the whole interpreter)."""
+
+    def __init__(self, k):
+        self.k, self.np, self.os = k, np, os
+
+    def __call__(self, x, a, b):
+        return self.k * a * jnp.exp(-b * x["t"])
+
+
+def test_closures_slots_and_modules():
+    assert parts(make_decay(2.0))["model"] != parts(make_decay(3.0))["model"]
+    assert parts(Slotted(2.0))["model"] != parts(Slotted(3.0))["model"]
+    t0 = time.monotonic()
+    assert parts(HoldsModules(2.0))["model"] != parts(HoldsModules(3.0))["model"]
+    assert time.monotonic() - t0 < 5   # modules count by name: no walk through sys.modules
