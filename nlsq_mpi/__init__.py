@@ -1,7 +1,12 @@
 """nlsq_mpi: bounded multi-start nonlinear least squares on JAX, over MPI, with checkpoints."""
 import os
+import sys
 
-from .parallel.devices import bind_before_jax, host_devices, use_host_devices
+if sys.orig_argv[1:3] == ["-m", "nlsq_mpi"]:   # the runner: keep a stop signal from now on,
+    from .preemption import record_early_signals   # through the seconds jax takes to load
+    record_early_signals()
+
+from .parallel.devices import bind_before_jax, host_devices, use_host_devices  # noqa: E402
 
 _BINDING = bind_before_jax()
 

@@ -26,7 +26,7 @@ import sys
 import time
 import traceback
 
-from .preemption import record_early_signals
+from .preemption import forget_early_signals, record_early_signals
 
 EXIT_FIT_ERROR = 2    # an NlsqError: the message says what to fix
 # How long a rank that raised an NlsqError waits for the others to raise one too.
@@ -107,7 +107,7 @@ def _all_arrive(errors, timeout):
 def inspect_dir(directory):
     """Print each generation in DIR with its validity, progress, best fit and age, then the
     files set aside as damaged and the final result; status 0 when some generation is
-    valid, 1 when none is (or DIR holds none)."""
+    valid or the fit finished (result.h5), 1 otherwise."""
     import glob
     import time
 
@@ -150,7 +150,7 @@ def inspect_dir(directory):
     final = os.path.join(directory, "result.h5")
     if os.path.exists(final):
         print(f"{final}: the final result of a finished fit")
-    return 0 if valid else 1
+    return 0 if valid or os.path.exists(final) else 1
 
 
 def main(argv=None):
@@ -166,6 +166,8 @@ def main(argv=None):
         parser.print_help()
         return 2
     ns = parser.parse_args(argv)
+    if ns.target in ("detect", "inspect"):
+        forget_early_signals()
     if ns.target == "detect":
         from . import _BINDING
         from .parallel.comm import get_comm
@@ -179,13 +181,15 @@ def main(argv=None):
         if len(ns.args) != 1:
             parser.error("inspect takes one argument: the checkpoint directory")
         try:
-            return inspect_dir(ns.args[0])
+            status = inspect_dir(ns.args[0])
+            sys.stdout.flush()   # a closed pipe shows here, not at exit
+            return status
         except BrokenPipeError:   # piped into head: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
     if not os.path.isfile(ns.target):
         parser.error(f"no such job script: {ns.target}")
-    record_early_signals()
+    record_early_signals()   # also when the package was imported some other way
     return _run_job(ns.target, ns.args, ns.all_ranks)
 
 

@@ -128,6 +128,12 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
     comm = get_comm() if workflow == "hpc" else SerialComm()
     if workflow == "hpc":
         ensure_log_handler()
+    # Without a checkpoint a stop saves nothing: signals still stop an "hpc" fit (status 75,
+    # to be requeued), but the walltime is left to the scheduler, or each requeued run
+    # would stop before the limit and start over again. Made before the checkpoint is
+    # opened, so a bad NLSQ_MPI_WALLTIME is refused before resume=False clears anything.
+    stop = StopControl(walltime, watch_deadline=checkpoint_dir is not None) \
+        if workflow == "hpc" or checkpoint_dir is not None else None
     ckpt = snap = None
     if checkpoint_dir is not None:
         ckpt, snap = open_checkpoint(comm, checkpoint_dir, resume, problem_fingerprint(
@@ -141,11 +147,6 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
     devices = devices[:min(comm.allgather(len(devices)))]
     width, devices = lanes_and_devices(width, c.n_starts, comm.size, devices,
                                        batch_size is None and steps_lane_by_lane(c.ydata.size))
-    # Without a checkpoint a stop saves nothing: signals still stop an "hpc" fit (status 75,
-    # to be requeued), but the walltime is left to the scheduler, or each requeued run
-    # would stop before the limit and start over again.
-    stop = StopControl(walltime, watch_deadline=ckpt is not None) \
-        if workflow == "hpc" or ckpt else None
     with stop or contextlib.nullcontext(), (ckpt.flushing() if ckpt else contextlib.nullcontext()):
         table = run_starts(
             comm, solver.advance, problem, x0, width * len(devices), checkpoint_interval,

@@ -50,12 +50,25 @@ def parse_walltime(value):
 def record_early_signals():
     """Until a fit installs its own handlers (and again between fits), keep a SIGTERM or
     SIGUSR1 for the next fit, which then stops at the end of its first interval with a
-    checkpoint and status 75. Only for the main thread of a job run by the runner: a
+    checkpoint and status 75. A second signal before a fit takes the first ends the
+    process as Python's default would (a script with no fit left, or none at all, is not
+    kept running until the scheduler's SIGKILL). Only for the runner's main thread: a
     library caller keeps Python's default handling."""
-    def keep(signum, frame):
-        _early["signal"] = signal.Signals(signum).name
     for sig in STOP_SIGNALS:
-        signal.signal(sig, keep)
+        signal.signal(sig, _keep)
+
+
+def forget_early_signals():
+    """Python's default handling again (the runner's detect and inspect run no fit)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _keep(signum, frame):
+    if _early["signal"] is not None:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    _early["signal"] = signal.Signals(signum).name
 
 
 class StopControl:

@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 from mpi4py import MPI
 
-from nlsq_mpi.checkpoint import state_dtype, table_dtype
+from nlsq_mpi.checkpoint import SCHEMA_VERSION, state_dtype, table_dtype
 from nlsq_mpi.h5file import FileWriter
 
 GENERATIONS, STARTS, LANES, N = 40, 1000, 128, 5
@@ -42,7 +42,7 @@ def publish(path, directory):
 
 def generations(comm, writer, directory, gap, durable=False):
     table, state = np.zeros(STARTS, table_dtype(N)), np.zeros(comm.size * LANES, state_dtype(N))
-    attrs = {"schema_version": 2, "fingerprint": "f" * 64, "checksum": "c" * 64, "round": 1,
+    attrs = {"schema_version": SCHEMA_VERSION, "fingerprint": "f" * 64, "checksum": "c" * 64, "round": 1,
              "meta": "m" * 1200}
     mine = slice(comm.rank * LANES, (comm.rank + 1) * LANES)
     total = 0.0

@@ -24,15 +24,18 @@ PY=${NLSQ_MPI_PYTHON:-python}
 # spool directory, so it cannot source a file kept beside it.)
 step=
 trap 'stop=1 interrupted=1; [ -n "$step" ] && kill -USR1 "$step" 2>/dev/null' USR1 TERM
-srun "$PY" -m nlsq_mpi "$JOB" "$@" &
-step=$!
-[ -n "${stop:-}" ] && kill -USR1 "$step" 2>/dev/null
-while :; do   # a trapped signal interrupts wait (status 128+n): wait again for the step's own
-  interrupted=
-  wait "$step"
-  status=$?
-  [ -z "$interrupted" ] && break
-done
+if [ -n "${stop:-}" ]; then   # stopped before the step started: requeue it untouched
+  status=75
+else
+  srun "$PY" -m nlsq_mpi "$JOB" "$@" &
+  step=$!
+  while :; do   # a trapped signal interrupts wait (status 128+n): wait for the step's own
+    interrupted=
+    wait "$step"
+    status=$?
+    [ -z "$interrupted" ] && break
+  done
+fi
 if [ "$status" -eq 75 ]; then
   echo "nlsq_mpi: checkpoint written, requeueing job ${SLURM_JOB_ID:-?}"
   scontrol requeue "${SLURM_JOB_ID}"

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 
 
 def seed_model(x, a, b, c, d, e):
-    """The DESIGN.md job's model: a damped cosine on a baseline."""
+    """The model of examples/job.py: a damped cosine on a baseline."""
     return a * jnp.exp(-b * x) * jnp.cos(c * x + d) + e
 
 

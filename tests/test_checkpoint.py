@@ -151,6 +151,21 @@ def test_a_signal_before_the_fit_stops_it_with_a_checkpoint(tmp_path):
     assert p.returncode == 0 and out.exists(), p.stderr[-2000:]
 
 
+def test_a_signal_while_the_package_loads_is_kept(tmp_path):
+    """The runner keeps a stop signal from the first lines of the package on, before jax
+    loads (half a second here): one sent 0.15 s after the start stops the fit after its
+    first interval with a checkpoint and 75, where it used to kill the job with 138."""
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out.npz"
+    proc = subprocess.Popen([sys.executable, "-m", "nlsq_mpi", JOB, str(out), str(ckpt),
+                             '{"n_starts": 6}'], env={**os.environ, **MPI_ENV},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.15)
+    proc.send_signal(signal.SIGUSR1)
+    stdout, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err[-2000:]
+    assert "(SIGUSR1 on rank 0)" in stdout and generations(ckpt) and not out.exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("ranks", [1, 3])
 def test_elastic_resume_with_other_rank_counts(tmp_path, reference, ranks):
@@ -177,7 +192,7 @@ def test_inspect_reports_generations(tmp_path):
     assert "valid, round" in r.stdout and "starts done 6/6" in r.stdout and "best cost" in r.stdout
     assert "gen-000000001.h5.damaged: set aside as damaged" in r.stdout
     assert "result.h5: the final result" in r.stdout
-    for path in generations(ckpt)[1:]:   # only the invalid one left: status 1
+    for path in generations(ckpt)[1:] + [ckpt / "result.h5"]:   # only the invalid one left
         os.remove(path)
     r = run([sys.executable, "-m", "nlsq_mpi", "inspect", str(ckpt)], timeout=120)
     assert r.returncode == 1 and "INVALID" in r.stdout

@@ -223,3 +223,13 @@ def test_a_checkpoint_dir_that_cannot_be_made_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match=r"checkpoint_dir: cannot use '.*a_file': .*File exists"):
         _fit(taken)
     assert taken.read_text() == "not a directory"
+
+
+def test_a_bad_walltime_in_the_environment_clears_nothing(finished, monkeypatch):
+    """resume=False would clear the directory: the environment is checked before that."""
+    from nlsq_mpi import InputError
+    ckpt, _, gens = finished
+    monkeypatch.setenv("NLSQ_MPI_WALLTIME", "abc")
+    with pytest.raises(InputError, match="NLSQ_MPI_WALLTIME: 'abc' is not a positive time"):
+        _fit(ckpt, resume=False)
+    assert generations(ckpt) == gens

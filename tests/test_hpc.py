@@ -36,7 +36,7 @@ def test_same_result_with_1_2_and_4_ranks(tmp_path):
 def test_same_bits_in_one_process_and_on_two_ranks_where_lanes_step_one_by_one(tmp_path):
     """m=2,000: XLA's CPU contractions split over threads sum in another order, so every
     process on CPU runs them on one thread (a rank of two already did, one process did
-    not: 5 of 100 starts of the DESIGN job differed in their last bits)."""
+    not: 5 of 100 starts of examples/job.py differed in their last bits)."""
     results = []
     for n, cmd in ((1, [sys.executable, "-m", "nlsq_mpi"]),
                    (2, ["mpirun", "-n", "2", sys.executable, "-m", "nlsq_mpi"])):

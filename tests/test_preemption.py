@@ -88,3 +88,16 @@ def test_a_signal_before_the_fit_is_kept_for_it(restore_stop_handlers):
         assert stop() and stop.signalled == "SIGTERM"
     with StopControl(environ={}) as later:     # taken by the first fit only
         assert not later()
+
+
+def test_a_second_signal_before_any_fit_ends_the_process():
+    """The runner keeps one stop signal for the next fit; a second one ends a script that
+    has no fit left to take it, as Python's default would, instead of running on."""
+    import subprocess
+    import sys
+    code = ("import os, signal, time; from nlsq_mpi.preemption import record_early_signals; "
+            "record_early_signals(); os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.1); "
+            "print('kept', flush=True); os.kill(os.getpid(), signal.SIGTERM); time.sleep(5); "
+            "print('still running')")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == -signal.SIGTERM and p.stdout == "kept\n", p.stderr[-2000:]

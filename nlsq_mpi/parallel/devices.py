@@ -54,7 +54,8 @@ def bind_before_jax(environ=os.environ):
     threads = _threads(info)
     # XLA's CPU contractions split over threads sum in another order, so a start's last
     # bits would depend on how many cores its process had: every process runs them on one
-    # thread (its cores become host devices instead, each with its own slice of the lanes).
+    # thread (up to MAX_HOST_DEVICES of its cores become host devices instead, each with its
+    # own slice of the lanes).
     flags = environ.get("XLA_FLAGS", "")
     if "xla_cpu_multi_thread_eigen" not in flags:
         environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
