@@ -3,12 +3,11 @@
 Schema (version 3), one file per generation ``gen-<round>.h5`` in checkpoint_dir:
 
   attrs        schema_version, fingerprint (sha256 of the problem), checksum (sha256 over
-               the datasets table and state and the attributes schema_version,
-               fingerprint, round and meta: ``checksum``), round, and meta: JSON with
-               fingerprint_parts (one hash per
-               part: model, xdata, ydata, bounds, ... so a mismatch names what differs),
-               steps (solver steps per start so far), n_starts, n_params, lane_width, ranks,
-               created (epoch s), versions, best_start (-1: none), best_cost
+               the datasets table and state and the other attributes: ``checksum``),
+               round, and meta: JSON with fingerprint_parts (one hash per part: model,
+               xdata, ydata, bounds, ... so a mismatch names what differs), steps (solver
+               steps per start so far), n_starts, n_params, lane_width, ranks, created
+               (epoch s), versions, best_start (-1: none), best_cost
   table        (n_starts,) compound, one record per start: x0 (n), x (n), cost (inf: failed
                or not finished), status, nit, nfev
   state        (k,) compound, one record per unfinished start: start, and its complete
@@ -27,7 +26,8 @@ whole file alone while the others compute (driver.idle_writer). The rank that wr
 or rank 0, then fsyncs and renames it into place in a background thread that overlaps the
 next interval (ranks on several nodes first sync their own rows, each, as the collective
 file closes: one node's fsync covers its own writes only). The previous generation is kept,
-older ones and stale temporaries are removed. Readable with plain h5py or h5dump (files written by h5file.FileWriter).
+older ones and stale temporaries are removed. Readable with plain h5py or h5dump (files
+written by h5file.FileWriter).
 """
 import contextlib
 import functools
