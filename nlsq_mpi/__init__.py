@@ -22,6 +22,8 @@ if not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 from .api import fit  # noqa: E402
+from .checkpoint import (CheckpointCorrupt, CheckpointMismatch, CheckpointUnreadable,  # noqa: E402
+                         CheckpointVersionError)
 from .covariance import CovarianceWarning  # noqa: E402
 from .errors import InputError, ModelError, NlsqError  # noqa: E402
 from .result import FitResult, StartsTable  # noqa: E402

@@ -79,6 +79,11 @@ def test_all_generations_damaged_starts_clean(finished):
 
 
 def test_other_problem_raises_and_overwrites_nothing(finished):
+    """Also: the error classes the README names are nlsq_mpi's own names."""
+    import nlsq_mpi
+    assert nlsq_mpi.CheckpointMismatch is CheckpointMismatch
+    assert issubclass(nlsq_mpi.CheckpointVersionError, nlsq_mpi.CheckpointMismatch)
+    assert nlsq_mpi.CheckpointUnreadable is CheckpointUnreadable
     ckpt, _, gens = finished
     before = {p: Path(p).read_bytes() for p in gens}
     x, y, s = seed_data()
