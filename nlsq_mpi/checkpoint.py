@@ -227,6 +227,25 @@ def generations(directory):
     return sorted(glob.glob(os.path.join(directory, "gen-*.h5")), reverse=True)
 
 
+def _fsync(path):
+    """fsync a file or a directory; returns its size."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def durable_rename(tmp, final):
+    """Put the written file ``tmp`` in place as ``final`` for good: fsync it, rename it,
+    fsync the directory (so the rename survives a crash too). Returns its size."""
+    size = _fsync(tmp)
+    os.replace(tmp, final)
+    _fsync(os.path.dirname(final) or ".")
+    return size
+
+
 def best_of(table):
     ok = (table["status"] >= 0) & np.isfinite(table["cost"])
     if not ok.any():
@@ -353,18 +372,7 @@ class Checkpointer:
         previous one. Runs in a thread of the rank that wrote the file alone, or of rank 0
         (os.fsync releases the GIL) while the next interval computes; that rank's next
         publish, the end of the fit and stats() wait for it."""
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            size = os.fstat(fd).st_size
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.dir / f"gen-{round_:09d}.h5")
-        dfd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        size = durable_rename(tmp, self.dir / f"gen-{round_:09d}.h5")
         # A publisher that ran late (rank 0's, still in its fsync while an idle rank put two
         # newer generations in place) removes its own file here, which is as it should be.
         for old in generations(self.dir)[2:]:

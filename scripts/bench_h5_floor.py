@@ -21,23 +21,10 @@ import h5py
 import numpy as np
 from mpi4py import MPI
 
-from nlsq_mpi.checkpoint import SCHEMA_VERSION, state_dtype, table_dtype
+from nlsq_mpi.checkpoint import SCHEMA_VERSION, durable_rename, state_dtype, table_dtype
 from nlsq_mpi.h5file import FileWriter
 
 GENERATIONS, STARTS, LANES, N = 40, 1000, 128, 5
-
-
-def publish(path, directory):
-    """What Checkpointer._publish does: fsync, rename into place, fsync the directory."""
-    fd = os.open(path, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
-    final = path.replace(".tmp-", "gen-")
-    os.replace(path, final)
-    fd = os.open(directory, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
-    return final
 
 
 def generations(comm, writer, directory, gap, durable=False):
@@ -57,8 +44,10 @@ def generations(comm, writer, directory, gap, durable=False):
             "table": (table.dtype, table.shape, [(table, 0)] if comm.rank == 0 else []),
             "state": (state.dtype, state.shape, [(state[mine], mine.start)]),
             "best_x": (np.dtype("f8"), (N,), [(np.zeros(N), 0)] if comm.rank == 0 else [])})
-        if durable and comm.rank == 0:
-            path = publish(path, directory)
+        if durable and comm.rank == 0:   # what Checkpointer._publish does before its clean-up
+            final = path.replace(".tmp-", "gen-")
+            durable_rename(path, final)
+            path = final
         comm.Barrier()
         total += time.perf_counter() - t0
         if comm.rank == 0:
