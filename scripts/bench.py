@@ -9,8 +9,9 @@ Parts:
   2. 1 vs 2 ranks on 1,000 starts (speedup), and an imbalanced start set with and without
      rebalancing (parallel efficiency); best of 3 runs each.
   3. checkpoint overhead on 2 ranks (1,000 starts, a checkpoint every interval), at the
-     default lanes per device (5 interleaved pairs of runs: best of each side, and the
-     median of the pairs' ratios) and at batch_size=16 (3 pairs); file size, write time,
+     default lanes per device (3 processes, each timing 6 pairs of fits back to back, one
+     without checkpoints and one with: the median of the 18 pairs' ratios, each process's
+     median, and best of each side) and at batch_size=16 (4 pairs); file size, write time,
      and the floor of one collective generation with h5py alone (bench_h5_floor.py), back
      to back and after an interval's worth of computation (also with its fsync, rename and
      directory fsync done at once), with the lower bound that floor puts on the default
@@ -152,23 +153,28 @@ def part3():
     with tempfile.TemporaryDirectory() as tmp:
         f = os.path.join(tmp, "uniform.npy")
         np.save(f, start_points("sobol", 0, *BOUNDS, np.arange(1000), 1000))
-        for label, flags, pairs in (("default lanes", (), 5),
-                                    ("batch_size=16", ("--batch-size", "16"), 3)):
-            plain, runs = [], []
-            for i in range(pairs):   # interleaved, so a slow spell of the machine hits both
-                plain.append(mpi_run(2, f, *flags)["seconds"])
-                runs.append(mpi_run(2, f, *flags, "--checkpoint", os.path.join(tmp, f"ckpt{len(flags)}{i}")))
-            with_ckpt = [r["seconds"] for r in runs]
-            fastest = min(runs, key=lambda r: r["seconds"])
+        for label, flags, processes, pairs in (("default lanes", (), 3, 6),
+                                               ("batch_size=16", ("--batch-size", "16"), 1, 4)):
+            # Each process times pairs of fits back to back, one without checkpoints and
+            # one with them: a pair sees one spell of this noisy machine.
+            runs = [mpi_run(2, f, *flags, "--pairs", str(pairs), "--checkpoint",
+                            os.path.join(tmp, f"ckpt{len(flags)}{i}")) for i in range(processes)]
+            plain = [t for r in runs for t in r["plain_seconds"]]
+            with_ckpt = [t for r in runs for t in r["checkpoint_seconds"]]
+            ratios = [w / p - 1 for w, p in zip(with_ckpt, plain)]
+            per_process = [100 * float(np.median([w / p - 1 for w, p in zip(
+                r["checkpoint_seconds"], r["plain_seconds"])])) for r in runs]
+            fastest = min(runs, key=lambda r: min(r["checkpoint_seconds"]))
             c = fastest["checkpoint"]
-            # Best of each side, and the median over the pairs run back to back: single runs
-            # move by several percent here, so one lucky best-of can hide half the cost.
-            paired = float(np.median([w / p for w, p in zip(with_ckpt, plain)]))
-            print(f"{label}: no checkpoint {min(plain):.2f} s, with checkpoints {min(with_ckpt):.2f} s "
-                  f"(best of {pairs} each): overhead {100 * (min(with_ckpt) / min(plain) - 1):.1f}%, "
-                  f"median of the {pairs} pairs {100 * (paired - 1):.1f}% (target <= 5%)")
+            print(f"{label}: {len(ratios)} pairs in {processes} process(es): no checkpoint "
+                  f"{np.median(plain):.3f} s, with checkpoints {np.median(with_ckpt):.3f} s "
+                  f"(medians); overhead {100 * float(np.median(ratios)):.1f}% as the median "
+                  f"of the pairs' ratios (per process: "
+                  f"{', '.join(f'{v:.1f}%' for v in per_process)}; best of each side "
+                  f"{100 * (min(with_ckpt) / min(plain) - 1):.1f}%) (target <= 5%)")
             print(f"  {c['writes']} writes ({c['solo_writes']} of them by an idle rank alone while "
-                  f"the other computed), {1e3 * c['write_seconds'] / max(1, c['writes']):.1f} ms "
+                  f"the other computed, {c['superseded']} replaced by a newer one before they "
+                  f"were put in place), {1e3 * c['write_seconds'] / max(1, c['writes']):.1f} ms "
                   f"of writing per write "
                   f"({100 * c['write_seconds'] / fastest['seconds']:.1f}% of that run's wall time), "
                   f"last file {c['last_bytes'] / 1024:.0f} KiB, "

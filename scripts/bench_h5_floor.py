@@ -2,7 +2,7 @@
 calls nlsq_mpi makes (nlsq_mpi.h5file.FileWriter on h5py's mpio driver), without JAX or any
 of nlsq_mpi's own work, run under mpirun. Each generation creates a new file collectively
 with five attributes and three datasets shaped like a 1,000-start checkpoint (each rank
-writing its own 128 state rows, rank 0 the table) and closes it: what nlsq_mpi's
+writing its own 256 state rows, rank 0 the table) and closes it: what nlsq_mpi's
 Checkpointer.write spends in HDF5 (the fsync and rename follow in a background thread).
 
 Measured three times: back to back ("hot"); with GAP_MS of busy computation on every rank
@@ -17,14 +17,17 @@ import sys
 import tempfile
 import time
 
-import h5py
-import numpy as np
-from mpi4py import MPI
+from nlsq_mpi.parallel.comm import mpi_io_defaults
 
-from nlsq_mpi.checkpoint import SCHEMA_VERSION, durable_rename, state_dtype, table_dtype
-from nlsq_mpi.h5file import FileWriter
+mpi_io_defaults()   # as nlsq_mpi starts MPI, before mpi4py does
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+from mpi4py import MPI  # noqa: E402
 
-GENERATIONS, STARTS, LANES, N = 40, 1000, 128, 5
+from nlsq_mpi.checkpoint import SCHEMA_VERSION, durable_rename, state_dtype, table_dtype  # noqa: E402
+from nlsq_mpi.h5file import FileWriter  # noqa: E402
+
+GENERATIONS, STARTS, LANES, N = 40, 1000, 256, 5
 
 
 def generations(comm, writer, directory, gap, durable=False):

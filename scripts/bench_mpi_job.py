@@ -1,10 +1,13 @@
 """Timed hpc fit for scripts/bench.py: run under mpirun; rank 0 prints one JSON line.
 
-usage: bench_mpi_job.py STARTS.npy [--no-rebalance] [--checkpoint DIR] [--problem seed|mgh09]
-                        [--batch-size LANES]
+usage: bench_mpi_job.py STARTS.npy [--no-rebalance] [--checkpoint DIR [--pairs K]]
+                        [--problem seed|mgh09] [--batch-size LANES]
 The starts array fixes the work. A warm-up fit in the same configuration (checkpointing into
 DIR/warmup) compiles first and pays the once-per-process costs, so only the run is timed;
-``import_h5py_seconds`` reports the largest of those, importing h5py.
+``import_h5py_seconds`` reports the largest of those, importing h5py. With ``--pairs K``
+the process times K pairs of fits, each one without checkpoints and then one with them
+into DIR (``plain_seconds``, ``checkpoint_seconds``): run back to back in one process, a
+pair sees the same spell of a noisy machine, where separate processes differed by 5-10%.
 """
 import json
 import sys
@@ -65,11 +68,26 @@ if __name__ == "__main__":
     fit(fn, x, y, sampler=starts[:WARMUP_STARTS], resume=False,   # compile on every rank
         checkpoint_dir=ckpt and str(Path(ckpt) / "warmup"), **common)
     wait_for_builds()   # other host devices' programs, built in the background
-    get_comm().barrier()
-    t0 = time.perf_counter()
-    r = fit(fn, x, y, sampler=starts, checkpoint_dir=ckpt, resume=False, **common)
-    elapsed = time.perf_counter() - t0
+    pairs = int(sys.argv[sys.argv.index("--pairs") + 1]) if "--pairs" in sys.argv else 0
+    plain, checkpointed = [], []
+
+    def timed(directory):
+        get_comm().barrier()
+        t0 = time.perf_counter()
+        r = fit(fn, x, y, sampler=starts, checkpoint_dir=directory, resume=False, **common)
+        return r, time.perf_counter() - t0
+
+    if pairs:
+        fit(fn, x, y, sampler=starts[:WARMUP_STARTS], **common)   # the plain side's warm-up
+        for _ in range(pairs):
+            plain.append(timed(None)[1])
+            r, seconds = timed(ckpt)
+            checkpointed.append(seconds)
+        elapsed = checkpointed[-1]
+    else:
+        r, elapsed = timed(ckpt)
     if nlsq_mpi.is_root():
         print(json.dumps({"ranks": nlsq_mpi.size(), "seconds": elapsed, "best": r.best_start,
                           "cost": r.cost, "total_nfev": int(r.starts.nfev.sum()),
-                          "checkpoint": r.checkpoint, "import_h5py_seconds": import_h5py}))
+                          "checkpoint": r.checkpoint, "import_h5py_seconds": import_h5py,
+                          "plain_seconds": plain, "checkpoint_seconds": checkpointed}))
