@@ -192,7 +192,7 @@ def problem_fingerprint(model, jac, c, x0, loss, f_scale, x_scale, ftol, xtol, g
 
 def snapshot_resume(snap):
     table = StartsTable(**{k: np.array(v) for k, v in snap.table.items()})
-    fields = [f for f in snap.states if f != "start"]
+    fields = [f for f in snap.states.dtype.names if f != "start"]
     saved = {int(s): {f: snap.states[f][j] for f in fields}
              for j, s in enumerate(snap.states["start"])}
     return Resume(table, saved, snap.round, snap.steps)

@@ -51,6 +51,7 @@ from .h5file import FileWriter
 from .solver import SolverState, empty_state
 
 SCHEMA_VERSION = 3   # 3: the checksum covers the attributes too
+PUBLISHER_IDLE_SECONDS = 1.0   # a publisher thread with no file to publish for this long ends
 STATE_FIELDS = SolverState._fields
 
 
@@ -78,7 +79,7 @@ class Snapshot:
     round: int
     steps: int
     table: dict            # x0, x, cost, status, nit, nfev -> arrays
-    states: dict           # "start" and STATE_FIELDS -> arrays, one row per unfinished start
+    states: np.ndarray     # state_dtype records, one per unfinished start
     lane_width: int
     ranks: int
     created: float = 0.0
@@ -199,28 +200,22 @@ def table_dtype(n):
                      ("status", "i4"), ("nit", "i4"), ("nfev", "i4")])
 
 
+@lru_cache(maxsize=8)
 def state_dtype(n):
     """One record per unfinished start: its index and every SolverState field, with the
-    dtype and per-start shape the solver's host state uses (``empty_state``)."""
+    dtype and per-start shape the solver's host state uses (``empty_state``). The driver
+    gathers the in-flight states in these records (``in_flight``), so a write concatenates
+    the ranks' records and packs only the table."""
     return np.dtype([("start", "i8")] + [(f, a.dtype, a.shape[1:])
                                          for f, a in zip(STATE_FIELDS, empty_state(0, n))])
 
 
-def pack(table, states):
-    """The schema's two compound datasets from the table and state dicts."""
-    n = np.shape(table["x0"])[1]
-    records = {"table": np.empty(len(table["cost"]), table_dtype(n)),
-               "state": np.empty(len(states["start"]), state_dtype(n))}
-    for name, source in (("table", table), ("state", states)):
-        for field in records[name].dtype.names:
-            records[name][field] = source[field]
+def table_records(table):
+    """The schema's ``table`` dataset from the per-start table's dict of arrays."""
+    records = np.empty(len(table["cost"]), table_dtype(np.shape(table["x0"])[1]))
+    for field in records.dtype.names:
+        records[field] = table[field]
     return records
-
-
-def unpack(data):
-    """(table, states) dicts of plain arrays from the schema's compound datasets."""
-    return tuple({f: np.ascontiguousarray(data[name][f]) for f in data[name].dtype.names}
-                 for name in ("table", "state"))
 
 
 def generations(directory):
@@ -273,7 +268,9 @@ class Checkpointer:
         self.superseded = 0       # written, then removed unpublished for a newer one
         # The publisher thread, the file waiting for it, its error: shared under _lock.
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)   # a file waits, or flush() asks
         self._publisher, self._waiting, self._publish_error = None, None, None
+        self._closing = False
         import h5py
         self.h5py = h5py
         self.collective = bool(h5py.get_config().mpi) and comm.size > 1
@@ -337,7 +334,7 @@ class Checkpointer:
     def _write_file(self, tmp, snap, my_rows):
         """The file's attributes and datasets: with ``my_rows``, this rank's part of a
         collective write; with None, the whole file from this rank alone."""
-        data = pack(snap.table, snap.states)
+        data = {"table": table_records(snap.table), "state": snap.states}
         best = best_of(snap.table)
         meta = {"fingerprint_parts": self.parts, "steps": snap.steps,
                 "n_starts": len(snap.table["cost"]), "n_params": snap.table["x0"].shape[1],
@@ -364,8 +361,8 @@ class Checkpointer:
         place while the next interval computes. A file still waiting there is newer than
         what is in place but older than ``tmp``: it is removed unpublished, so the fit
         never waits for the disk between intervals (in a fit's tail an idle rank writes a
-        generation every 1.7 ms on the test machine; fsync, rename and directory fsync
-        take 2.2 ms). Raises what went wrong with an earlier publish (a full disk)."""
+        generation every 1.5 ms on the test machine; fsync, rename and directory fsync
+        take about 2 ms). Raises what went wrong with an earlier publish (a full disk)."""
         with self._lock:
             error, self._publish_error = self._publish_error, None
             if error is None:
@@ -373,18 +370,24 @@ class Checkpointer:
                     os.remove(self._waiting[0])
                     self.superseded += 1
                 self._waiting = (tmp, round_)
-                if self._publisher is None:
+                if self._publisher is None:   # starting a thread costs 0.2 ms: it stays
                     self._publisher = threading.Thread(target=self._publish_waiting,
                                                        name="nlsq_mpi-checkpoint", daemon=False)
                     self._publisher.start()
+                else:
+                    self._wake.notify()
         if error is not None:
             raise error
 
     def _publish_waiting(self):
-        """The publisher thread: publish the newest waiting file until none waits. An error
-        stops it; the next _submit or flush() raises it instead of it vanishing here."""
+        """The publisher thread: publish the newest waiting file, then wait for the next;
+        it ends when flush() asks, or after PUBLISHER_IDLE_SECONDS without work (so a fit
+        that ends by an error never leaves it behind). An error stops it too; the next
+        _submit or flush() raises it instead of it vanishing here."""
         while True:
             with self._lock:
+                if self._waiting is None and not self._closing:
+                    self._wake.wait(PUBLISHER_IDLE_SECONDS)
                 job, self._waiting = self._waiting, None
                 if job is None:
                     self._publisher = None
@@ -396,6 +399,8 @@ class Checkpointer:
                     self._publish_error = exc
                     if self._waiting is not None:   # left as a stale temporary
                         self._waiting = None
+                    self._publisher = None
+                return
 
     def _publish(self, tmp, round_):
         """fsync, rename into place, fsync the directory, drop generations older than the
@@ -461,11 +466,12 @@ class Checkpointer:
         """Wait until the newest generation this rank publishes is durable and in place;
         raise what went wrong if it could not be."""
         with self._lock:
-            publisher = self._publisher
+            publisher, self._closing = self._publisher, True
+            self._wake.notify()
         if publisher is not None:   # it ends once nothing waits (only this thread submits)
             publisher.join()
         with self._lock:
-            error, self._publish_error = self._publish_error, None
+            error, self._publish_error, self._closing = self._publish_error, None, False
         if error is not None:
             raise error
 
@@ -513,22 +519,25 @@ class CheckpointHook:
         ``alone``: the idle rank the driver chose to write this generation by itself, or
         None."""
         def snapshot():   # built only where this rank writes
-            states = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-            return Snapshot(round_, steps, table.as_dict(), states, self.lane_width,
-                            len(parts), created)
+            return Snapshot(round_, steps, table.as_dict(), np.concatenate(parts),
+                            self.lane_width, len(parts), created)
 
-        lo = sum(len(p["start"]) for p in parts[:rank])
-        self.ckpt.write(round_, snapshot, (lo, lo + len(parts[rank]["start"])), alone)
+        lo = sum(len(p) for p in parts[:rank])
+        self.ckpt.write(round_, snapshot, (lo, lo + len(parts[rank])), alone)
         if self.stop is not None:
             self.stop.write_seconds = max(self.stop.write_seconds, self.ckpt.last_write_seconds)
         self.last = time.monotonic()
 
 
 def in_flight(batch):
-    """This rank's unfinished starts and their solver states, as the checkpoint stores them."""
+    """This rank's unfinished starts and their solver states: the checkpoint's ``state``
+    records (one array is what the driver's collective carries)."""
     lanes = np.flatnonzero(batch.start_of_lane >= 0)
-    return {"start": batch.start_of_lane[lanes],
-            **{f: np.asarray(getattr(batch.state, f))[lanes] for f in STATE_FIELDS}}
+    records = np.empty(len(lanes), state_dtype(np.shape(batch.state.x)[1]))
+    records["start"] = batch.start_of_lane[lanes]
+    for field in STATE_FIELDS:
+        records[field] = np.asarray(getattr(batch.state, field))[lanes]
+    return records
 
 
 def read_generation(path, h5py=None):
@@ -567,7 +576,8 @@ def read_generation(path, h5py=None):
         raise CheckpointCorrupt(f"{type(exc).__name__}: {exc}") from None
     except Exception as exc:  # truncated or damaged file: h5py raises several types
         raise CheckpointCorrupt(f"{type(exc).__name__}: {exc}") from None
-    table, states = unpack(data)
+    table = {f: np.ascontiguousarray(data["table"][f]) for f in data["table"].dtype.names}
+    states = data["state"]
     meta = attrs["meta"]
     snap = Snapshot(round=int(attrs["round"]), steps=int(meta["steps"]), table=table,
                     states=states, lane_width=int(meta["lane_width"]), ranks=int(meta["ranks"]),
