@@ -157,7 +157,9 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
             checkpoint=CheckpointHook(ckpt, width, checkpoint_seconds, stop) if ckpt else None,
             resume=snapshot_resume(snap) if snap is not None else None,
             stop=stop, devices=devices, drain=workflow != "hpc" and ckpt is None)
-    result = assemble_result(solver, problem, table, workflow, absolute_sigma, resume_from)
+    # Should assembling fail, the last generation is in place before the error propagates.
+    with ckpt.flushing() if ckpt else contextlib.nullcontext():
+        result = assemble_result(solver, problem, table, workflow, absolute_sigma, resume_from)
     if ckpt is not None:
         result.checkpoint = ckpt.stats()
         result.save(Path(checkpoint_dir) / "result.h5")

@@ -261,6 +261,7 @@ class Checkpointer:
         (raised on every rank alike)."""
         self.comm, self.dir, self.log = comm, Path(directory), log
         self.last_write_seconds = 0.0
+        self.last_publish_seconds = 0.0   # a stop waits for its generation's publish too
         self.generations = 0      # written by this run
         self.solo_files = 0       # of those, written by this rank alone while others computed
         self.seconds = {"together": 0.0, "alone": 0.0}   # this rank's time writing them
@@ -407,14 +408,16 @@ class Checkpointer:
         previous one. Runs in the publisher thread (os.fsync releases the GIL) of the rank
         that wrote the file alone, or of the last rank, while the next interval computes;
         the end of the fit, a stop and stats() wait for it."""
+        t0 = time.perf_counter()
         size = durable_rename(tmp, self.dir / f"gen-{round_:09d}.h5")
-        # A publisher that ran late (rank 0's, still in its fsync while an idle rank put two
-        # newer generations in place) removes its own file here, which is as it should be.
+        # A publisher that ran late (the last rank's, still in its fsync while an idle rank
+        # put two newer generations in place) removes its own file here, as it should.
         for old in generations(self.dir)[2:]:
             # Another rank's publisher may be removing the same one.
             with contextlib.suppress(FileNotFoundError):
                 os.remove(old)
         self.published = (round_, size)
+        self.last_publish_seconds = time.perf_counter() - t0
 
     # -- reading ------------------------------------------------------------------------
     def load_latest(self):
@@ -525,7 +528,8 @@ class CheckpointHook:
         lo = sum(len(p) for p in parts[:rank])
         self.ckpt.write(round_, snapshot, (lo, lo + len(parts[rank])), alone)
         if self.stop is not None:
-            self.stop.write_seconds = max(self.stop.write_seconds, self.ckpt.last_write_seconds)
+            self.stop.write_seconds = max(self.stop.write_seconds, self.ckpt.last_write_seconds
+                                          + self.ckpt.last_publish_seconds)
         self.last = time.monotonic()
 
 

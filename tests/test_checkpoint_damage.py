@@ -176,6 +176,34 @@ def test_other_schema_version_raises_and_sets_nothing_aside(finished, capsys):
     assert "OTHER VERSION" in capsys.readouterr().out
 
 
+def test_an_error_after_the_loop_leaves_the_last_generation_in_place(tmp_path, monkeypatch):
+    """An error while the result is assembled (every start failed, say) propagates only
+    once the last generation is in place: a process that then aborts keeps it, and a refit
+    in the same directory cannot meet an old publisher still renaming."""
+    import time as time_mod
+
+    import nlsq_mpi.api as api
+    from nlsq_mpi.checkpoint import Checkpointer
+    publish = Checkpointer._publish
+
+    def slow_publish(self, tmp, round_):
+        time_mod.sleep(0.2)
+        publish(self, tmp, round_)
+
+    def failing_assembly(*args):
+        raise RuntimeError("assembly failed")
+
+    monkeypatch.setattr(Checkpointer, "_publish", slow_publish)
+    monkeypatch.setattr(api, "assemble_result", failing_assembly)
+    with pytest.raises(RuntimeError, match="assembly failed"):
+        _fit(tmp_path)
+    assert not list(tmp_path.glob(".tmp-*"))
+    newest = generations(tmp_path)[0]
+    from nlsq_mpi.checkpoint import read_generation
+    snap, _ = read_generation(newest)
+    assert (snap.table["status"] != -5).all()   # the fit's last, finished generation
+
+
 def test_a_late_publisher_tolerates_newer_generations_in_place(tmp_path):
     """Rank 0's publisher can still be in its fsync while an idle rank puts two newer
     generations in place: the late one's rename makes its file the third newest, which its

@@ -101,3 +101,20 @@ def test_a_second_signal_before_any_fit_ends_the_process():
             "print('still running')")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == -signal.SIGTERM and p.stdout == "kept\n", p.stderr[-2000:]
+
+
+def test_a_write_counts_with_the_publish_that_puts_it_in_place():
+    """A stop waits for its generation's fsync and rename too (a background thread's work
+    the rest of the time): the longest write the walltime check plans for includes it."""
+    from nlsq_mpi.checkpoint import CheckpointHook
+
+    class Written:   # what CheckpointHook reads of the Checkpointer after a write
+        last_write_seconds, last_publish_seconds = 0.5, 2.0
+
+        def write(self, *args):
+            pass
+
+    stop = StopControl(environ={})
+    hook = CheckpointHook(Written(), lane_width=4, stop=stop)
+    hook.write(1, 10, None, [[], []], 0, created=0.0)
+    assert stop.write_seconds == pytest.approx(2.5)

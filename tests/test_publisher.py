@@ -103,24 +103,39 @@ def test_open_mpi_skips_the_shared_file_pointer_segment_unless_told_otherwise():
     assert env == {"OMPI_MCA_sharedfp": "lockedfile"}
 
 
-def test_the_publisher_thread_waits_for_the_next_file_then_ends_when_idle(tmp_path,
-                                                                           monkeypatch):
-    """One thread publishes file after file (starting one costs 0.2 ms); left without work
-    (a fit that ended by an error never flushes) it ends by itself."""
+def _published(ckpt, round_):
+    for _ in range(1000):
+        if ckpt.published[0] == round_:
+            return True
+        threading.Event().wait(0.01)
+    return False
+
+
+def test_one_publisher_thread_publishes_file_after_file(tmp_path, monkeypatch):
+    """Starting a thread costs 0.2 ms: one waits for the next file until flush() ends it."""
     import nlsq_mpi.checkpoint as checkpoint
-    monkeypatch.setattr(checkpoint, "PUBLISHER_IDLE_SECONDS", 0.2)
+    monkeypatch.setattr(checkpoint, "PUBLISHER_IDLE_SECONDS", 60.0)
     ckpt = _checkpointer(tmp_path)
     ckpt._submit(_written(tmp_path, 1), 1)
     with ckpt._lock:
         first = ckpt._publisher
-    for _ in range(100):   # round 1 in place, the thread waiting for more
-        if ckpt.published[0] == 1:
-            break
-        threading.Event().wait(0.01)
+    assert _published(ckpt, 1)   # round 1 in place, the thread waiting for more
     ckpt._submit(_written(tmp_path, 2), 2)
     with ckpt._lock:
         assert ckpt._publisher is first
-    first.join(10)
+    ckpt.flush()
     assert not first.is_alive() and ckpt.published[0] == 2
     assert [p.rsplit("/", 1)[1] for p in generations(tmp_path)] == ["gen-000000002.h5",
                                                                    "gen-000000001.h5"]
+
+
+def test_an_idle_publisher_thread_ends_by_itself(tmp_path, monkeypatch):
+    """A fit that ended by an error never flushes: its thread must not keep the process."""
+    import nlsq_mpi.checkpoint as checkpoint
+    monkeypatch.setattr(checkpoint, "PUBLISHER_IDLE_SECONDS", 0.05)
+    ckpt = _checkpointer(tmp_path)
+    ckpt._submit(_written(tmp_path, 1), 1)
+    with ckpt._lock:
+        thread = ckpt._publisher
+    thread.join(30)
+    assert not thread.is_alive() and ckpt.published[0] == 1
