@@ -111,14 +111,20 @@ def _published(ckpt, round_):
     return False
 
 
-def test_one_publisher_thread_publishes_file_after_file(tmp_path, monkeypatch):
-    """Starting a thread costs 0.2 ms: one waits for the next file until flush() ends it."""
+def _first_publish(tmp_path, monkeypatch, idle_seconds):
+    """A Checkpointer whose publisher thread (idle for at most ``idle_seconds``) has been
+    handed round 1; returns it and the thread."""
     import nlsq_mpi.checkpoint as checkpoint
-    monkeypatch.setattr(checkpoint, "PUBLISHER_IDLE_SECONDS", 60.0)
+    monkeypatch.setattr(checkpoint, "PUBLISHER_IDLE_SECONDS", idle_seconds)
     ckpt = _checkpointer(tmp_path)
     ckpt._submit(_written(tmp_path, 1), 1)
     with ckpt._lock:
-        first = ckpt._publisher
+        return ckpt, ckpt._publisher
+
+
+def test_one_publisher_thread_publishes_file_after_file(tmp_path, monkeypatch):
+    """Starting a thread costs 0.2 ms: one waits for the next file until flush() ends it."""
+    ckpt, first = _first_publish(tmp_path, monkeypatch, 60.0)
     assert _published(ckpt, 1)   # round 1 in place, the thread waiting for more
     ckpt._submit(_written(tmp_path, 2), 2)
     with ckpt._lock:
@@ -131,11 +137,6 @@ def test_one_publisher_thread_publishes_file_after_file(tmp_path, monkeypatch):
 
 def test_an_idle_publisher_thread_ends_by_itself(tmp_path, monkeypatch):
     """A fit that ended by an error never flushes: its thread must not keep the process."""
-    import nlsq_mpi.checkpoint as checkpoint
-    monkeypatch.setattr(checkpoint, "PUBLISHER_IDLE_SECONDS", 0.05)
-    ckpt = _checkpointer(tmp_path)
-    ckpt._submit(_written(tmp_path, 1), 1)
-    with ckpt._lock:
-        thread = ckpt._publisher
+    ckpt, thread = _first_publish(tmp_path, monkeypatch, 0.05)
     thread.join(30)
     assert not thread.is_alive() and ckpt.published[0] == 1
