@@ -161,8 +161,10 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
     with ckpt.flushing() if ckpt else contextlib.nullcontext():
         result = assemble_result(solver, problem, table, workflow, absolute_sigma, resume_from)
     if ckpt is not None:
-        result.checkpoint = ckpt.stats()
+        # Rank 0 saves the result while the last rank's thread puts the last generation in
+        # place; stats() then waits for it on every rank.
         result.save(Path(checkpoint_dir) / "result.h5")
+        result.checkpoint = ckpt.stats()
         if not keep_checkpoints:
             ckpt.clear()
     if workflow == "hpc" and comm.rank == 0:
