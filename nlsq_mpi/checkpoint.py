@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, NlsqError
-from .h5file import FileWriter
+from .h5file import file_writer
 from .solver import SolverState, empty_state
 
 SCHEMA_VERSION = 3   # 3: the checksum covers the attributes too
@@ -216,14 +216,6 @@ def table_records(table):
     for field in records.dtype.names:
         records[field] = table[field]
     return records
-
-
-@lru_cache(maxsize=4)
-def file_writer(h5py, comm=None):
-    """The process's FileWriter for one process (``comm`` None) or collective over ``comm``,
-    made once: the collective one duplicates the communicator, a collective that cost
-    0.5-0.7 ms a fit on the test machine."""
-    return FileWriter(h5py, comm.comm if comm is not None else None)
 
 
 def generations(directory):

@@ -103,9 +103,9 @@ class FitResult:
                 np.savez(fh, **arrays, **{k: np.asarray(v) for k, v in scalars.items()})
         else:   # .h5, .hdf5
             import h5py
-            from .h5file import FileWriter
+            from .h5file import file_writer
             arrays = {k: np.asarray(v) for k, v in arrays.items()}
-            FileWriter(h5py).write(tmp, scalars, {k: (v.dtype, v.shape, [(v, 0)])
+            file_writer(h5py).write(tmp, scalars, {k: (v.dtype, v.shape, [(v, 0)])
                                                   for k, v in arrays.items()})
         tmp.replace(path)
         return path
