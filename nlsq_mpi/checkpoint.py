@@ -20,10 +20,11 @@ a few HDF5 objects.
 
 Writes are atomic, under a temporary name (from a run id chosen on rank 0 and broadcast
 once). Every rank opens it with h5py's mpio driver and writes the state rows of its own
-lanes, rank 0 the table (where h5py has no MPI support, rank 0 writes the whole file). In a
+lanes, and one rank, the lead, the table: the rank that spent least time in the interval
+(driver.least_busy; where h5py has no MPI support, rank 0 writes the whole file). In a
 fit's tail, when no start waits and some rank has no running lanes, that rank writes the
 whole file alone while the others compute (driver.idle_writer). The rank that wrote it alone,
-or the last rank, then fsyncs and renames it into place in a background thread that overlaps
+or the lead, then fsyncs and renames it into place in a background thread that overlaps
 the next interval (ranks on several nodes first sync their own rows, each, as the collective
 file closes: one node's fsync covers its own writes only); a file written while the one
 before still waits for that thread replaces it, so the fit never waits for the disk. The
@@ -302,13 +303,15 @@ class Checkpointer:
         self.parts, self.fingerprint = parts, combined(parts)
 
     # -- writing ------------------------------------------------------------------------
-    def write(self, round_, snapshot, my_rows, alone=None):
+    def write(self, round_, snapshot, my_rows, alone=None, lead=0):
         """Write generation ``round_``; every rank calls this, ``snapshot()`` building the
         Snapshot where this rank writes. With ``alone`` (an idle rank the driver chose), or
         where h5py has no MPI support (rank 0), one rank writes the whole file by itself
-        and the others return at once. Otherwise all ranks write it together with h5py's
-        mpio driver: each the slice ``my_rows`` of the snapshot's states that its own
-        lanes hold, rank 0 the per-start table."""
+        and puts it in place; the others return at once. Otherwise all ranks write it
+        together with h5py's mpio driver, each the slice ``my_rows`` of the snapshot's
+        states that its own lanes hold, and the rank ``lead`` (the same on every rank: the
+        driver's ``least_busy``) the per-start table too; ``lead`` then puts the file in
+        place."""
         t0 = time.perf_counter()
         idle_rank = alone   # the driver's choice
         if alone is None and not self.collective:
@@ -316,15 +319,13 @@ class Checkpointer:
         writes_here = alone is None or self.comm.rank == alone
         tmp = self.dir / f".tmp-gen-{round_:09d}-{self.run_id}.h5"   # same name on every rank
         if writes_here:
-            self._write_file(tmp, snapshot(), my_rows if alone is None else None)
-        # Rank 0 writes the table too: the last rank puts a collective file in place.
-        publisher = (self.comm.size - 1) if alone is None else alone
+            self._write_file(tmp, snapshot(), my_rows if alone is None else None, lead)
         fault = os.environ.get("NLSQ_MPI_FAULT")
         if fault == f"kill-before-rename:{round_}" or (fault == "kill-before-rename:idle"
                                                        and idle_rank is not None):
             self.comm.barrier()       # every rank dies only once the file is written
             os.kill(os.getpid(), 9)   # fault injection for the tests: die mid-write
-        if self.comm.rank == publisher:
+        if self.comm.rank == (lead if alone is None else alone):
             self._submit(tmp, round_)
         self.generations += 1
         if writes_here:
@@ -332,9 +333,10 @@ class Checkpointer:
             self.seconds["together" if alone is None else "alone"] += self.last_write_seconds
             self.solo_files += int(idle_rank is not None)
 
-    def _write_file(self, tmp, snap, my_rows):
+    def _write_file(self, tmp, snap, my_rows, lead=0):
         """The file's attributes and datasets: with ``my_rows``, this rank's part of a
-        collective write; with None, the whole file from this rank alone."""
+        collective write (``lead`` writes the table and best_x); with None, the whole
+        file from this rank alone."""
         data = {"table": table_records(snap.table), "state": snap.states}
         best = best_of(snap.table)
         meta = {"fingerprint_parts": self.parts, "steps": snap.steps,
@@ -348,7 +350,7 @@ class Checkpointer:
         best_x = snap.table["x"][best] if best >= 0 else np.full(snap.table["x"].shape[1], np.nan)
         whole = my_rows is None
         lo, hi = (0, len(data["state"])) if whole else my_rows
-        mine = whole or self.comm.rank == 0   # the table and best_x are rank 0's rows
+        mine = whole or self.comm.rank == lead
         writer = self._serial_writer if whole else self._collective_writer
         writer.write(tmp, attrs, {
             "table": (data["table"].dtype, data["table"].shape,
@@ -406,12 +408,12 @@ class Checkpointer:
     def _publish(self, tmp, round_):
         """fsync, rename into place, fsync the directory, drop generations older than the
         previous one. Runs in the publisher thread (os.fsync releases the GIL) of the rank
-        that wrote the file alone, or of the last rank, while the next interval computes;
-        the end of the fit, a stop and stats() wait for it."""
+        that wrote the file alone, or of the lead of a collective write, while the next
+        interval computes; the end of the fit, a stop and stats() wait for it."""
         t0 = time.perf_counter()
         size = durable_rename(tmp, self.dir / f"gen-{round_:09d}.h5")
-        # A publisher that ran late (the last rank's, still in its fsync while an idle rank
-        # put two newer generations in place) removes its own file here, as it should.
+        # A publisher that ran late (one rank's, still in its fsync while another rank put
+        # two newer generations in place) removes its own file here, as it should.
         for old in generations(self.dir)[2:]:
             # Another rank's publisher may be removing the same one.
             with contextlib.suppress(FileNotFoundError):
@@ -517,16 +519,17 @@ class CheckpointHook:
     def wants_write(self):
         return self.every_seconds is None or time.monotonic() - self.last >= self.every_seconds
 
-    def write(self, round_, steps, table, parts, rank, created, alone=None):
+    def write(self, round_, steps, table, parts, rank, created, alone=None, lead=0):
         """``created`` is rank 0's clock, so every rank writes identical attributes;
         ``alone``: the idle rank the driver chose to write this generation by itself, or
-        None."""
+        None; ``lead``: the rank that writes the table of a collective generation and puts
+        it in place."""
         def snapshot():   # built only where this rank writes
             return Snapshot(round_, steps, table.as_dict(), np.concatenate(parts),
                             self.lane_width, len(parts), created)
 
         lo = sum(len(p) for p in parts[:rank])
-        self.ckpt.write(round_, snapshot, (lo, lo + len(parts[rank])), alone)
+        self.ckpt.write(round_, snapshot, (lo, lo + len(parts[rank])), alone, lead)
         if self.stop is not None:
             self.stop.write_seconds = max(self.stop.write_seconds, self.ckpt.last_write_seconds
                                           + self.ckpt.last_publish_seconds)

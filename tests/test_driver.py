@@ -3,7 +3,8 @@ lanes per device of a wide CPU batch."""
 import numpy as np
 
 from nlsq_mpi.api import default_batch_width, lanes_and_devices, spread_width
-from nlsq_mpi.parallel.driver import Batch, deal_running, idle_writer, queue_shares
+from nlsq_mpi.parallel.driver import (Batch, deal_running, idle_writer, least_busy,
+                                      queue_shares)
 from nlsq_mpi.solver import EMPTY, RUNNING
 
 
@@ -97,6 +98,14 @@ def test_an_idle_rank_writes_the_tail_checkpoints_alone():
     assert idle_writer([3, 1], [0, 0], 0) is None                 # everyone computes
     assert idle_writer([0, 0], [0, 0], 0) is None                 # the fit's last write
     assert idle_writer([0], [0], 0) is None
+
+
+def test_the_least_busy_rank_leads_a_collective_write():
+    """The rank that spent least time between the last two collectives writes the table and
+    puts the file in place (ties to the lower rank)."""
+    assert least_busy([0.120, 0.031, 0.2]) == 1
+    assert least_busy([0.5, 0.5]) == 0
+    assert least_busy([0.01]) == 0
 
 
 def test_spread_lanes_keep_every_device_a_start_can_fill():

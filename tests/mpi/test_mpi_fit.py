@@ -10,7 +10,8 @@ import pytest
 
 from conftest import SEED_BOUNDS, seed_data, seed_model
 from nlsq_mpi import fit, rank, size
-from nlsq_mpi.checkpoint import Checkpointer, generations, read_generation
+from nlsq_mpi.checkpoint import Checkpointer, generations, in_flight, read_generation
+from nlsq_mpi.parallel import driver
 from nlsq_mpi.parallel.comm import get_comm
 
 
@@ -112,7 +113,9 @@ def test_checkpoint_attributes_agree_when_rank_clocks_differ(monkeypatch):
 def test_tail_generations_written_by_one_idle_rank_resume_exactly(monkeypatch):
     """Once no start waits, a rank whose lanes are empty writes each checkpoint alone while
     the others go on solving. Such a generation is as good as a collective one: resuming
-    from it gives the uninterrupted run's bits."""
+    from it gives the uninterrupted run's bits. A collective one is put in place by the
+    least busy rank (never the last rank here, slowed down on purpose), which writes its
+    table too."""
     comm = get_comm()
     base = Path(comm.bcast(tempfile.mkdtemp(prefix="nlsq_mpi_solo_") if comm.rank == 0
                            else None))
@@ -121,14 +124,14 @@ def test_tail_generations_written_by_one_idle_rank_resume_exactly(monkeypatch):
     write, write_file, publish = Checkpointer.write, Checkpointer._write_file, Checkpointer._publish
     published = []   # the generations this rank put in place
 
-    def recording_write(self, round_, snapshot, my_rows, alone=None):
-        write(self, round_, snapshot, my_rows, alone)
+    def recording_write(self, round_, snapshot, my_rows, alone=None, lead=0):
+        write(self, round_, snapshot, my_rows, alone, lead)
         if alone == comm.rank:
             solo.append(round_)
 
-    def keeping_write_file(self, tmp, snap, my_rows):
+    def keeping_write_file(self, tmp, snap, my_rows, lead):
         # Every file one rank wrote whole, before a newer one can replace it unpublished.
-        write_file(self, tmp, snap, my_rows)
+        write_file(self, tmp, snap, my_rows, lead)
         if my_rows is None:
             shutil.copy(tmp, base / "kept" / f"gen-{snap.round:09d}.h5")
 
@@ -139,6 +142,10 @@ def test_tail_generations_written_by_one_idle_rank_resume_exactly(monkeypatch):
     monkeypatch.setattr(Checkpointer, "write", recording_write)
     monkeypatch.setattr(Checkpointer, "_write_file", keeping_write_file)
     monkeypatch.setattr(Checkpointer, "_publish", recording_publish)
+    slow = comm.size - 1   # every interval takes this rank 20 ms longer
+    if comm.rank == slow:
+        monkeypatch.setattr(driver, "in_flight", lambda batch: time.sleep(0.02) or
+                            in_flight(batch))
     x, y, s = seed_data()
     kw = dict(sigma=s, bounds=SEED_BOUNDS, workflow="hpc", n_starts=24, batch_size=4,
               checkpoint_interval=2, progress_seconds=1e9)
@@ -146,12 +153,18 @@ def test_tail_generations_written_by_one_idle_rank_resume_exactly(monkeypatch):
     solo_rounds = sorted(sum(comm.allgather(solo), []))
     assert solo_rounds and first.checkpoint["solo_writes"] == len(solo_rounds)
     assert first.checkpoint["writes"] > len(solo_rounds)   # the rest were collective
-    # A collective file is put in place by the last rank (rank 0 writes the table too),
-    # a file one rank wrote alone by that rank.
+    # A collective file is put in place by one rank, never the slow one; a file one rank
+    # wrote alone by that rank.
     by_rank = comm.allgather(published)
     collective = {r for rounds in by_rank for r in rounds} - set(solo_rounds)
-    assert collective and collective <= set(by_rank[comm.size - 1])
+    assert collective and not collective & set(by_rank[slow])
+    assert sum(len(rounds) for rounds in by_rank) == len(set().union(*map(set, by_rank)))
     assert set(by_rank[comm.rank]) - collective <= set(solo)
+    # The last generation is collective: the table its lead wrote is the fit's.
+    last, _ = read_generation(generations(base / "run")[0])
+    assert last.round == max(collective)
+    np.testing.assert_array_equal(last.table["x"], first.starts.x)
+    np.testing.assert_array_equal(last.table["nfev"], first.starts.nfev)
     picked = f"gen-{solo_rounds[0]:09d}.h5"
     if comm.rank == 0:
         (base / "resume").mkdir()
