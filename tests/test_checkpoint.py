@@ -61,14 +61,15 @@ def _finish(n, out, ckpt):
     return p
 
 
-def _killed_between(ckpt):
-    """The round a job was killed in before its rename. Only newer generations than the
-    newest in place are left as temporaries: the one killed, and at most one held by the
-    publisher thread and one waiting for it."""
+def _killed_between(ckpt, ranks=2):
+    """The round a job of ``ranks`` ranks was killed in before its rename. Only newer
+    generations than the newest in place are left as temporaries: the one killed, and for
+    each rank (the lead of a collective write changes) at most one held by its publisher
+    thread and one waiting for it."""
     rounds = sorted(int(f.name.split("-")[2]) for f in ckpt.iterdir()
                     if f.name.startswith(".tmp-gen-"))
     newest = int(Path(generations(ckpt)[0]).stem.split("-")[1])
-    assert rounds and rounds[0] > newest and len(rounds) <= 3, (newest, rounds)
+    assert rounds and rounds[0] > newest and len(rounds) <= 2 * ranks + 1, (newest, rounds)
     return rounds[-1]
 
 
