@@ -333,7 +333,7 @@ class Checkpointer:
             self.seconds["together" if alone is None else "alone"] += self.last_write_seconds
             self.solo_files += int(idle_rank is not None)
 
-    def _write_file(self, tmp, snap, my_rows, lead=0):
+    def _write_file(self, tmp, snap, my_rows, lead):
         """The file's attributes and datasets: with ``my_rows``, this rank's part of a
         collective write (``lead`` writes the table and best_x); with None, the whole
         file from this rank alone."""
