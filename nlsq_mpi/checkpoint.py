@@ -243,6 +243,34 @@ def durable_rename(tmp, final):
     return size
 
 
+class SolverFirst:
+    """The publisher thread's scheduling policy (Linux). While it publishes a file whose
+    rank goes on solving on the same core (a collective file's lead), it runs as
+    SCHED_BATCH: at the same priority, so never starved, but a batch thread does not
+    preempt the running one when it wakes (from each fsync), it waits for the solver's time
+    slice to end. A file that an idle rank wrote alone is published as the thread started
+    (SCHED_OTHER), and sooner: that core has nothing else to do. A thread that did not
+    start as SCHED_OTHER (a job run with chrt, say) is left as it is. On the bench (one
+    process, alternating 16 fits each) the checkpoint overhead was 6.4% with the thread
+    at normal priority throughout and 4.8% this way; a collective file then took 2.6 ms
+    (median) to 36 ms (95th percentile) from its write to its place."""
+
+    def __init__(self):
+        self.thread = threading.get_native_id()
+        self.normal, self.batch = False, False
+        if hasattr(os, "SCHED_BATCH"):
+            with contextlib.suppress(OSError):
+                self.normal = os.sched_getscheduler(self.thread) == os.SCHED_OTHER
+
+    def defer(self, to_solver):
+        """SCHED_BATCH with ``to_solver``, else SCHED_OTHER (where the thread started there)."""
+        if self.normal and to_solver != self.batch:
+            with contextlib.suppress(OSError):   # never a reason to fail a checkpoint
+                os.sched_setscheduler(self.thread, os.SCHED_BATCH if to_solver
+                                      else os.SCHED_OTHER, os.sched_param(0))
+                self.batch = to_solver
+
+
 def best_of(table):
     ok = (table["status"] >= 0) & np.isfinite(table["cost"])
     if not ok.any():
@@ -326,7 +354,7 @@ class Checkpointer:
             self.comm.barrier()       # every rank dies only once the file is written
             os.kill(os.getpid(), 9)   # fault injection for the tests: die mid-write
         if self.comm.rank == (lead if alone is None else alone):
-            self._submit(tmp, round_)
+            self._submit(tmp, round_, beside_solver=idle_rank is None)
         self.generations += 1
         if writes_here:
             self.last_write_seconds = time.perf_counter() - t0
@@ -359,20 +387,21 @@ class Checkpointer:
             "best_x": (best_x.dtype, best_x.shape, [(best_x, 0)] if mine else [])},
             sync=self.nodes_apart and not whole)
 
-    def _submit(self, tmp, round_):
+    def _submit(self, tmp, round_, beside_solver=False):
         """Hand the written file ``tmp`` to this rank's publisher thread, which puts it in
-        place while the next interval computes. A file still waiting there is newer than
-        what is in place but older than ``tmp``: it is removed unpublished, so the fit
-        never waits for the disk between intervals (in a fit's tail an idle rank writes a
-        generation every 1.5 ms on the test machine; fsync, rename and directory fsync
-        take about 2 ms). Raises what went wrong with an earlier publish (a full disk)."""
+        place while the next interval computes (``beside_solver``: this rank solves in it
+        too, see SolverFirst). A file still waiting there is newer than what is in place
+        but older than ``tmp``: it is removed unpublished, so the fit never waits for the
+        disk between intervals (in a fit's tail an idle rank writes a generation every
+        1.5 ms on the test machine; fsync, rename and directory fsync take about 2 ms).
+        Raises what went wrong with an earlier publish (a full disk)."""
         with self._lock:
             error, self._publish_error = self._publish_error, None
             if error is None:
                 if self._waiting is not None:
                     os.remove(self._waiting[0])
                     self.superseded += 1
-                self._waiting = (tmp, round_)
+                self._waiting = (tmp, round_, beside_solver)
                 if self._publisher is None:   # starting a thread costs 0.2 ms: it stays
                     self._publisher = threading.Thread(target=self._publish_waiting,
                                                        name="nlsq_mpi-checkpoint", daemon=False)
@@ -387,6 +416,7 @@ class Checkpointer:
         it ends when flush() asks, or after PUBLISHER_IDLE_SECONDS without work (so a fit
         that ends by an error never leaves it behind). An error stops it too; the next
         _submit or flush() raises it instead of it vanishing here."""
+        policy = SolverFirst()
         while True:
             with self._lock:
                 if self._waiting is None and not self._closing:
@@ -396,6 +426,8 @@ class Checkpointer:
                     self._publisher = None
                     return
             try:
+                *job, beside_solver = job
+                policy.defer(beside_solver)
                 self._publish(*job)
             except BaseException as exc:
                 with self._lock:

@@ -2,6 +2,7 @@
 MPI start-up settings it relies on; one process, no JAX."""
 import errno
 import logging
+import os
 import threading
 
 import h5py
@@ -140,3 +141,27 @@ def test_an_idle_publisher_thread_ends_by_itself(tmp_path, monkeypatch):
     ckpt, thread = _first_publish(tmp_path, monkeypatch, 0.05)
     thread.join(30)
     assert not thread.is_alive() and ckpt.published[0] == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
+def test_a_collective_file_is_published_without_preempting_the_solver(tmp_path, monkeypatch):
+    """A file whose rank goes on solving is published as SCHED_BATCH (a batch thread does
+    not preempt the solver on its core when it wakes), one an idle rank wrote alone as
+    SCHED_OTHER; the process's own policy is unchanged."""
+    seen, done = [], threading.Semaphore(0)
+    publish = Checkpointer._publish
+
+    def noting_publish(self, tmp, round_):
+        seen.append((threading.get_ident(), os.sched_getscheduler(threading.get_native_id())))
+        publish(self, tmp, round_)
+        done.release()
+
+    monkeypatch.setattr(Checkpointer, "_publish", noting_publish)
+    ckpt = _checkpointer(tmp_path)
+    for round_, beside_solver in ((1, True), (2, False), (3, True)):
+        ckpt._submit(_written(tmp_path, round_), round_, beside_solver=beside_solver)
+        assert done.acquire(timeout=30)   # one thread publishes all three, in turn
+    ckpt.flush()
+    assert len({thread for thread, _ in seen}) == 1
+    assert [policy for _, policy in seen] == [os.SCHED_BATCH, os.SCHED_OTHER, os.SCHED_BATCH]
+    assert os.sched_getscheduler(threading.get_native_id()) == os.SCHED_OTHER
