@@ -15,7 +15,8 @@ Parts:
      and the floor of one collective generation with h5py alone (bench_h5_floor.py), back
      to back and after an interval's worth of computation (also with its fsync, rename and
      directory fsync done at once), with the lower bound that floor puts on the default
-     run's overhead (its collective writes times the cold floor).
+     run's overhead (its collective writes times the cold floor); and how slow memory left
+     untouched for 100 ms is to read on this machine now (untouched_memory_us).
 """
 import json
 import os
@@ -147,6 +148,27 @@ def part2():
                   f"parallel efficiency {100 * eff:.0f}% (target >= 80% with rebalancing)")
 
 
+def untouched_memory_us(gaps_ms=(0, 100), trials=20, kib=108):
+    """Microseconds per 4 KiB page to read ``kib`` KiB of memory this process keeps, after
+    it was left untouched for each of ``gaps_ms`` (a busy loop, as an interval of solving
+    would be). Context for part 3: a checkpoint write touches code and data (HDF5, MPI-IO,
+    the new file's page cache) that the solver left alone for an interval, and on some
+    virtual machines memory left alone for tens of milliseconds is slow to reach again."""
+    kept = np.ones(kib * 128)
+    out = []
+    for gap in gaps_ms:
+        times = []
+        for _ in range(trials):
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < gap / 1e3:
+                pass
+            t0 = time.perf_counter()
+            kept.sum()
+            times.append(time.perf_counter() - t0)
+        out.append(1e6 * float(np.median(times)) / (kib / 4))
+    return out
+
+
 def part3():
     from nlsq_mpi.starts import start_points
     print("== 3. checkpoint overhead: seed problem, 1000 starts, 2 ranks, checkpoint_interval=10")
@@ -182,6 +204,9 @@ def part3():
             if not flags:   # the floor's gap, and the writes all ranks stop for
                 gap = 1e3 * min(plain) / max(1, c["writes"])
                 collective, plain_default = c["writes"] - c["solo_writes"], min(plain)
+        hot, cold = untouched_memory_us()
+        print(f"  this machine now: reading memory left untouched for 100 ms costs {cold:.1f} us "
+              f"per 4 KiB page ({hot:.2f} us when just used)")
         print(f"  once per process, paid by the warm-up fit and not counted above: import h5py "
               f"{1e3 * fastest['import_h5py_seconds']:.0f} ms")
         p = subprocess.run(["mpirun", "-n", "2", sys.executable, str(ROOT / "scripts" / "bench_h5_floor.py"),
