@@ -426,9 +426,9 @@ class Checkpointer:
                     self._publisher = None
                     return
             try:
-                *job, beside_solver = job
+                tmp, round_, beside_solver = job
                 policy.defer(beside_solver)
-                self._publish(*job)
+                self._publish(tmp, round_)
             except BaseException as exc:
                 with self._lock:
                     self._publish_error = exc
