@@ -62,14 +62,15 @@ def _finish(n, out, ckpt):
 
 
 def _killed_between(ckpt, ranks=2):
-    """The round a job of ``ranks`` ranks was killed in before its rename. Only newer
-    generations than the newest in place are left as temporaries: the one killed, and for
-    each rank (the lead of a collective write changes) at most one held by its publisher
-    thread and one waiting for it."""
+    """The round a job of ``ranks`` ranks was killed in before its rename: the newest
+    temporary, newer than every generation in place. Besides it, each rank's publisher
+    thread may have held one file and had one waiting; as the lead of a collective write
+    changes from round to round, a file one rank's publisher still held can be older than
+    a generation another rank's publisher had already put in place."""
     rounds = sorted(int(f.name.split("-")[2]) for f in ckpt.iterdir()
                     if f.name.startswith(".tmp-gen-"))
     newest = int(Path(generations(ckpt)[0]).stem.split("-")[1])
-    assert rounds and rounds[0] > newest and len(rounds) <= 2 * ranks + 1, (newest, rounds)
+    assert rounds and rounds[-1] > newest and len(rounds) <= 2 * ranks + 1, (newest, rounds)
     return rounds[-1]
 
 
@@ -112,6 +113,7 @@ def test_kill_during_a_write_by_an_idle_rank_then_resume_is_exact(tmp_path, refe
     newest = generations(ckpt)[0]
     p = _finish(2, out, ckpt)
     assert newest in p.stdout   # "resuming from ..."
+    assert not any(f.name.startswith(".tmp-") for f in ckpt.iterdir())
     _assert_same(_load(out), reference)
 
 
