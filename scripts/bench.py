@@ -9,9 +9,11 @@ Parts:
   2. 1 vs 2 ranks on 1,000 starts (speedup), and an imbalanced start set with and without
      rebalancing (parallel efficiency); best of 3 runs each.
   3. checkpoint overhead on 2 ranks (1,000 starts, a checkpoint every interval), at the
-     default lanes per device (3 processes, each timing 6 pairs of fits back to back, one
-     without checkpoints and one with: the median of the 18 pairs' ratios, each process's
-     median, and best of each side) and at batch_size=16 (4 pairs); file size, write time,
+     default lanes per device (3 processes, each alternating 9 fits without checkpoints and
+     8 with them: each checkpointed fit over the mean of the plain fits either side, the
+     median and middle half of the 24 ratios, each process's median, best of each side, and
+     as the noise of that spell each plain fit against the plain one before it) and at
+     batch_size=16 (4 checkpointed fits); file size, write time,
      and the floor of one collective generation with h5py alone (bench_h5_floor.py), back
      to back and after an interval's worth of computation (also with its fsync, rename and
      directory fsync done at once), with the lower bound that floor puts on the default
@@ -169,31 +171,48 @@ def untouched_memory_us(gaps_ms=(0, 100), trials=20, kib=108):
     return out
 
 
+def percent(ratio):
+    return f"{100 * float(ratio):.1f}%"
+
+
+def sandwiched(run):
+    """Each checkpointed fit of one bench_mpi_job.py --pairs process over the mean of the
+    plain fits just before and just after it, minus one."""
+    plain = np.asarray(run["plain_seconds"])
+    return list(np.asarray(run["checkpoint_seconds"]) / ((plain[:-1] + plain[1:]) / 2) - 1)
+
+
 def part3():
     from nlsq_mpi.starts import start_points
     print("== 3. checkpoint overhead: seed problem, 1000 starts, 2 ranks, checkpoint_interval=10")
     with tempfile.TemporaryDirectory() as tmp:
         f = os.path.join(tmp, "uniform.npy")
         np.save(f, start_points("sobol", 0, *BOUNDS, np.arange(1000), 1000))
-        for label, flags, processes, pairs in (("default lanes", (), 3, 6),
+        for label, flags, processes, pairs in (("default lanes", (), 3, 8),
                                                ("batch_size=16", ("--batch-size", "16"), 1, 4)):
-            # Each process times pairs of fits back to back, one without checkpoints and
-            # one with them: a pair sees one spell of this noisy machine.
+            # Each process alternates fits without and with checkpoints (bench_mpi_job.py):
+            # each checkpointed fit against the mean of the plain fits either side of it.
             runs = [mpi_run(2, f, *flags, "--pairs", str(pairs), "--checkpoint",
                             os.path.join(tmp, f"ckpt{len(flags)}{i}")) for i in range(processes)]
+            ratios = [sandwiched(r) for r in runs]
+            # The same spell's noise: each plain fit against the plain fit before it.
+            noise = [v for r in runs for v in np.diff(np.log(r["plain_seconds"]))]
             plain = [t for r in runs for t in r["plain_seconds"]]
             with_ckpt = [t for r in runs for t in r["checkpoint_seconds"]]
-            ratios = [w / p - 1 for w, p in zip(with_ckpt, plain)]
-            per_process = [100 * float(np.median([w / p - 1 for w, p in zip(
-                r["checkpoint_seconds"], r["plain_seconds"])])) for r in runs]
             fastest = min(runs, key=lambda r: min(r["checkpoint_seconds"]))
             c = fastest["checkpoint"]
-            print(f"{label}: {len(ratios)} pairs in {processes} process(es): no checkpoint "
-                  f"{np.median(plain):.3f} s, with checkpoints {np.median(with_ckpt):.3f} s "
-                  f"(medians); overhead {100 * float(np.median(ratios)):.1f}% as the median "
-                  f"of the pairs' ratios (per process: "
-                  f"{', '.join(f'{v:.1f}%' for v in per_process)}; best of each side "
-                  f"{100 * (min(with_ckpt) / min(plain) - 1):.1f}%) (target <= 5%)")
+            every = [v for rs in ratios for v in rs]
+            print(f"{label}: {len(every)} checkpointed fits in {processes} process(es), each "
+                  f"against the plain fits either side: no checkpoint {np.median(plain):.3f} s, "
+                  f"with checkpoints {np.median(with_ckpt):.3f} s (medians); overhead "
+                  f"{percent(np.median(every))} as the median of the ratios (middle half "
+                  f"{percent(np.percentile(every, 25))} to {percent(np.percentile(every, 75))}; "
+                  f"per process: {', '.join(percent(np.median(rs)) for rs in ratios)}; best of "
+                  f"each side {percent(min(with_ckpt) / min(plain) - 1)}) (target <= 5%)")
+            print(f"  noise, each plain fit against the one two fits before it: median "
+                  f"{percent(np.expm1(np.median(noise)))}, middle half "
+                  f"{percent(np.expm1(np.percentile(noise, 25)))} to "
+                  f"{percent(np.expm1(np.percentile(noise, 75)))}")
             print(f"  {c['writes']} writes ({c['solo_writes']} of them by an idle rank alone while "
                   f"the other computed, {c['superseded']} replaced by a newer one before they "
                   f"were put in place), {1e3 * c['write_seconds'] / max(1, c['writes']):.1f} ms "

@@ -5,9 +5,12 @@ usage: bench_mpi_job.py STARTS.npy [--no-rebalance] [--checkpoint DIR [--pairs K
 The starts array fixes the work. A warm-up fit in the same configuration (checkpointing into
 DIR/warmup) compiles first and pays the once-per-process costs, so only the run is timed;
 ``import_h5py_seconds`` reports the largest of those, importing h5py. With ``--pairs K``
-the process times K pairs of fits, each one without checkpoints and then one with them
-into DIR (``plain_seconds``, ``checkpoint_seconds``): run back to back in one process, a
-pair sees the same spell of a noisy machine, where separate processes differed by 5-10%.
+the process times 2K+1 fits back to back, alternating: one without checkpoints, then K
+times one with them into DIR and one without (``checkpoint_seconds``: K, ``plain_seconds``:
+K+1). Each checkpointed fit is compared with the plain fits either side of it: in one
+process they see the same spell of a noisy machine (separate processes differed by 5-10%),
+and the mean of the fit before and the fit after cancels a machine that speeds up or slows
+down steadily, which a fixed order within a pair would count as overhead.
 """
 import json
 import sys
@@ -79,10 +82,11 @@ if __name__ == "__main__":
 
     if pairs:
         fit(fn, x, y, sampler=starts[:WARMUP_STARTS], **common)   # the plain side's warm-up
-        for _ in range(pairs):
-            plain.append(timed(None)[1])
+        plain.append(timed(None)[1])
+        for _ in range(pairs):   # plain, then (checkpointed, plain) K times
             r, seconds = timed(ckpt)
             checkpointed.append(seconds)
+            plain.append(timed(None)[1])
         elapsed = checkpointed[-1]
     else:
         r, elapsed = timed(ckpt)
