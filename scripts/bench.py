@@ -9,9 +9,9 @@ Parts:
   2. 1 vs 2 ranks on 1,000 starts (speedup), and an imbalanced start set with and without
      rebalancing (parallel efficiency); best of 3 runs each.
   3. checkpoint overhead on 2 ranks (1,000 starts, a checkpoint every interval), at the
-     default lanes per device (3 processes, each alternating 9 fits without checkpoints and
-     8 with them: each checkpointed fit over the mean of the plain fits either side, the
-     median and middle half of the 24 ratios, each process's median, best of each side, and
+     default lanes per device (4 processes, each alternating 13 fits without checkpoints and
+     12 with them: each checkpointed fit over the mean of the plain fits either side, the
+     median and middle half of the 48 ratios, each process's median, best of each side, and
      as the noise of that spell each plain fit against the plain one before it) and at
      batch_size=16 (4 checkpointed fits); file size, write time,
      and the floor of one collective generation with h5py alone (bench_h5_floor.py), back
@@ -188,7 +188,7 @@ def part3():
     with tempfile.TemporaryDirectory() as tmp:
         f = os.path.join(tmp, "uniform.npy")
         np.save(f, start_points("sobol", 0, *BOUNDS, np.arange(1000), 1000))
-        for label, flags, processes, pairs in (("default lanes", (), 3, 8),
+        for label, flags, processes, pairs in (("default lanes", (), 4, 12),
                                                ("batch_size=16", ("--batch-size", "16"), 1, 4)):
             # Each process alternates fits without and with checkpoints (bench_mpi_job.py):
             # each checkpointed fit against the mean of the plain fits either side of it.
