@@ -9,12 +9,13 @@ Parts:
   2. 1 vs 2 ranks on 1,000 starts (speedup), and an imbalanced start set with and without
      rebalancing (parallel efficiency); best of 3 runs each.
   3. checkpoint overhead on 2 ranks (1,000 starts, a checkpoint every interval), at the
-     default lanes per device (4 processes, each alternating 13 fits without checkpoints and
-     12 with them: each checkpointed fit over the mean of the plain fits either side, the
-     median and middle half of the 48 ratios, each process's median, best of each side, and
-     as the noise of that spell each plain fit against the plain one before it) and at
-     batch_size=16 (4 checkpointed fits); file size, write time,
-     and the floor of one collective generation with h5py alone (bench_h5_floor.py), back
+     default lanes per device (4 processes, or --processes N, each alternating 13 fits
+     without checkpoints and 12 with them: each checkpointed fit over the mean of the plain
+     fits either side; the median of the 48 ratios (12 N) with its 95% interval, their
+     middle half, each process's median, best of each side, and as the noise of that spell
+     each plain fit against the plain one before it) and at batch_size=16 (4 checkpointed
+     fits); file size, write time, and the floor of one collective generation with h5py
+     alone (bench_h5_floor.py), back
      to back and after an interval's worth of computation (also with its fsync, rename and
      directory fsync done at once), with the lower bound that floor puts on the default
      run's overhead (its collective writes times the cold floor); and how slow memory left
@@ -182,13 +183,25 @@ def sandwiched(run):
     return list(np.asarray(run["checkpoint_seconds"]) / ((plain[:-1] + plain[1:]) / 2) - 1)
 
 
-def part3():
+def median_interval(groups, draws=2000, seed=0):
+    """A 95% interval for the median of all ratios in ``groups`` (one list per process):
+    a bootstrap that redraws the processes, then the ratios within each one drawn, since
+    fits in one process share its spell of the machine."""
+    rng = np.random.default_rng(seed)
+    medians = []
+    for _ in range(draws):
+        picked = [groups[i] for i in rng.integers(len(groups), size=len(groups))]
+        medians.append(np.median(np.concatenate([rng.choice(g, size=len(g)) for g in picked])))
+    return np.percentile(medians, [2.5, 97.5])
+
+
+def part3(processes=4):
     from nlsq_mpi.starts import start_points
     print("== 3. checkpoint overhead: seed problem, 1000 starts, 2 ranks, checkpoint_interval=10")
     with tempfile.TemporaryDirectory() as tmp:
         f = os.path.join(tmp, "uniform.npy")
         np.save(f, start_points("sobol", 0, *BOUNDS, np.arange(1000), 1000))
-        for label, flags, processes, pairs in (("default lanes", (), 4, 12),
+        for label, flags, processes, pairs in (("default lanes", (), processes, 12),
                                                ("batch_size=16", ("--batch-size", "16"), 1, 4)):
             # Each process alternates fits without and with checkpoints (bench_mpi_job.py):
             # each checkpointed fit against the mean of the plain fits either side of it.
@@ -205,7 +218,8 @@ def part3():
             print(f"{label}: {len(every)} checkpointed fits in {processes} process(es), each "
                   f"against the plain fits either side: no checkpoint {np.median(plain):.3f} s, "
                   f"with checkpoints {np.median(with_ckpt):.3f} s (medians); overhead "
-                  f"{percent(np.median(every))} as the median of the ratios (middle half "
+                  f"{percent(np.median(every))} as the median of the ratios (95% interval "
+                  f"{' to '.join(map(percent, median_interval(ratios)))}; middle half "
                   f"{percent(np.percentile(every, 25))} to {percent(np.percentile(every, 75))}; "
                   f"per process: {', '.join(percent(np.median(rs)) for rs in ratios)}; best of "
                   f"each side {percent(min(with_ckpt) / min(plain) - 1)}) (target <= 5%)")
@@ -248,10 +262,13 @@ def part3():
 
 
 if __name__ == "__main__":
-    parts = sys.argv[1:] or ["1", "2", "3"]
+    # usage: bench.py [PART ...] [--processes N]   (N: part 3's processes at the default lanes)
+    args = sys.argv[1:]
+    processes = int(args.pop(args.index("--processes") + 1)) if "--processes" in args else 4
+    parts = [a for a in args if a != "--processes"] or ["1", "2", "3"]
     if "1" in parts:
         part1()
     if "2" in parts:
         part2()
     if "3" in parts:
-        part3()
+        part3(processes)
