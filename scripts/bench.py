@@ -15,11 +15,11 @@ Parts:
      middle half, each process's median, best of each side, and as the noise of that spell
      each plain fit against the plain one before it) and at batch_size=16 (4 checkpointed
      fits); file size, write time, and the floor of one collective generation with h5py
-     alone (bench_h5_floor.py), back
-     to back and after an interval's worth of computation (also with its fsync, rename and
-     directory fsync done at once), with the lower bound that floor puts on the default
-     run's overhead (its collective writes times the cold floor); and how slow memory left
-     untouched for 100 ms is to read on this machine now (untouched_memory_us).
+     alone (bench_h5_floor.py), back to back and after an interval's worth of computation
+     (also with its fsync, rename and directory fsync done at once), with the lower bound
+     that floor puts on the default run's overhead (its collective writes times the cold
+     floor); and how slow memory left untouched for 100 ms is to read on this machine now
+     (untouched_memory_us).
 """
 import json
 import os
@@ -195,13 +195,13 @@ def median_interval(groups, draws=2000, seed=0):
     return np.percentile(medians, [2.5, 97.5])
 
 
-def part3(processes=4):
+def part3(default_processes=4):
     from nlsq_mpi.starts import start_points
     print("== 3. checkpoint overhead: seed problem, 1000 starts, 2 ranks, checkpoint_interval=10")
     with tempfile.TemporaryDirectory() as tmp:
         f = os.path.join(tmp, "uniform.npy")
         np.save(f, start_points("sobol", 0, *BOUNDS, np.arange(1000), 1000))
-        for label, flags, processes, pairs in (("default lanes", (), processes, 12),
+        for label, flags, processes, pairs in (("default lanes", (), default_processes, 12),
                                                ("batch_size=16", ("--batch-size", "16"), 1, 4)):
             # Each process alternates fits without and with checkpoints (bench_mpi_job.py):
             # each checkpointed fit against the mean of the plain fits either side of it.
