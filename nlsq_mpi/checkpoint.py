@@ -23,10 +23,11 @@ once). Every rank opens it with h5py's mpio driver and writes the state rows of 
 lanes, and one rank, the lead, the table: the rank that spent least time in the interval
 (driver.least_busy; where h5py has no MPI support, rank 0 writes the whole file). In a
 fit's tail, when no start waits and some rank has no running lanes, that rank writes the
-whole file alone while the others compute (driver.idle_writer). The rank that wrote it alone,
-or the lead, then fsyncs and renames it into place in a background thread that overlaps
-the next interval (ranks on several nodes first sync their own rows, each, as the collective
-file closes: one node's fsync covers its own writes only); a file written while the one
+whole file alone while the others compute (driver.idle_writer). A file one rank writes
+alone is written in that rank's publisher thread, a background thread that overlaps the
+next interval; the same thread of the lead of a collective file fsyncs and renames it into
+place (ranks on several nodes first sync their own rows, each, as the collective file
+closes: one node's fsync covers its own writes only). A generation made while the one
 before still waits for that thread replaces it, so the fit never waits for the disk. The
 previous generation is kept, older ones and stale temporaries are removed. Readable with
 plain h5py or h5dump (files written by h5file.FileWriter).
@@ -271,6 +272,14 @@ class SolverFirst:
                 self.batch = to_solver
 
 
+def _fault_kills(round_, idle):
+    """Fault injection for the tests (NLSQ_MPI_FAULT): die with SIGKILL once generation
+    ``round_`` is written and before it is renamed: ``kill-before-rename:<round>``, or
+    ``kill-before-rename:idle`` at the first file an idle rank wrote alone."""
+    fault = os.environ.get("NLSQ_MPI_FAULT")
+    return fault == f"kill-before-rename:{round_}" or (idle and fault == "kill-before-rename:idle")
+
+
 def best_of(table):
     ok = (table["status"] >= 0) & np.isfinite(table["cost"])
     if not ok.any():
@@ -295,7 +304,7 @@ class Checkpointer:
         self.solo_files = 0       # of those, written by this rank alone while others computed
         self.seconds = {"together": 0.0, "alone": 0.0}   # this rank's time writing them
         self.published = (-1, 0)  # (round, bytes) of the last file this rank put in place
-        self.superseded = 0       # written, then removed unpublished for a newer one
+        self.superseded = 0       # dropped unpublished for a newer one (_submit)
         # The publisher thread, the file waiting for it, its error: shared under _lock.
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)   # a file waits, or flush() asks
@@ -334,32 +343,43 @@ class Checkpointer:
     def write(self, round_, snapshot, my_rows, alone=None, lead=0):
         """Write generation ``round_``; every rank calls this, ``snapshot()`` building the
         Snapshot where this rank writes. With ``alone`` (an idle rank the driver chose), or
-        where h5py has no MPI support (rank 0), one rank writes the whole file by itself
-        and puts it in place; the others return at once. Otherwise all ranks write it
-        together with h5py's mpio driver, each the slice ``my_rows`` of the snapshot's
-        states that its own lanes hold, and the rank ``lead`` (the same on every rank: the
-        driver's ``least_busy``) the per-start table too; ``lead`` then puts the file in
-        place."""
-        t0 = time.perf_counter()
+        where h5py has no MPI support (rank 0), one rank writes the whole file by itself,
+        in its publisher thread, which then puts it in place; every rank returns at once, so
+        the ranks still solving never wait for that file (in the seed bench's tail an interval
+        of the one rank still solving took 2.5-5 ms and a file 2.5-3 ms, sometimes 100 ms).
+        Otherwise all ranks write it together with h5py's mpio driver, each the slice
+        ``my_rows`` of the snapshot's states that its own lanes hold, and the rank ``lead``
+        (the same on every rank: the driver's ``least_busy``) the per-start table too;
+        ``lead`` then puts the file in place."""
         idle_rank = alone   # the driver's choice
         if alone is None and not self.collective:
             alone = 0
-        writes_here = alone is None or self.comm.rank == alone
         tmp = self.dir / f".tmp-gen-{round_:09d}-{self.run_id}.h5"   # same name on every rank
-        if writes_here:
-            self._write_file(tmp, snapshot(), my_rows if alone is None else None, lead)
-        fault = os.environ.get("NLSQ_MPI_FAULT")
-        if fault == f"kill-before-rename:{round_}" or (fault == "kill-before-rename:idle"
-                                                       and idle_rank is not None):
-            self.comm.barrier()       # every rank dies only once the file is written
-            os.kill(os.getpid(), 9)   # fault injection for the tests: die mid-write
-        if self.comm.rank == (lead if alone is None else alone):
-            self._submit(tmp, round_, beside_solver=idle_rank is None)
         self.generations += 1
-        if writes_here:
-            self.last_write_seconds = time.perf_counter() - t0
-            self.seconds["together" if alone is None else "alone"] += self.last_write_seconds
-            self.solo_files += int(idle_rank is not None)
+        if alone is not None:
+            if self.comm.rank == alone:
+                self.solo_files += int(idle_rank is not None)
+                self._submit(tmp, round_, beside_solver=idle_rank is None, snap=snapshot())
+            return
+        t0 = time.perf_counter()
+        self._write_file(tmp, snapshot(), my_rows, lead)
+        if _fault_kills(round_, idle=False):
+            self.comm.barrier()       # every rank dies only once the file is written
+            os.kill(os.getpid(), 9)
+        if self.comm.rank == lead:
+            self._submit(tmp, round_, beside_solver=True)
+        self.last_write_seconds = time.perf_counter() - t0
+        self.seconds["together"] += self.last_write_seconds
+
+    def _write_alone(self, tmp, snap, idle):
+        """The whole file ``tmp`` from this rank (in the publisher thread); ``idle``: this
+        rank has no lanes left to solve."""
+        t0 = time.perf_counter()
+        self._write_file(tmp, snap, None, 0)
+        if _fault_kills(snap.round, idle):
+            os.kill(os.getpid(), 9)
+        self.last_write_seconds = time.perf_counter() - t0
+        self.seconds["alone"] += self.last_write_seconds
 
     def _write_file(self, tmp, snap, my_rows, lead):
         """The file's attributes and datasets: with ``my_rows``, this rank's part of a
@@ -387,21 +407,23 @@ class Checkpointer:
             "best_x": (best_x.dtype, best_x.shape, [(best_x, 0)] if mine else [])},
             sync=self.nodes_apart and not whole)
 
-    def _submit(self, tmp, round_, beside_solver=False):
-        """Hand the written file ``tmp`` to this rank's publisher thread, which puts it in
-        place while the next interval computes (``beside_solver``: this rank solves in it
-        too, see SolverFirst). A file still waiting there is newer than what is in place
-        but older than ``tmp``: it is removed unpublished, so the fit never waits for the
-        disk between intervals (in a fit's tail an idle rank writes a generation every
-        1.5 ms on the test machine; fsync, rename and directory fsync take about 2 ms).
-        Raises what went wrong with an earlier publish (a full disk)."""
+    def _submit(self, tmp, round_, beside_solver=False, snap=None):
+        """Hand ``tmp`` to this rank's publisher thread, which puts it in place while the
+        next interval computes (``beside_solver``: this rank solves in it too, see
+        SolverFirst); with ``snap``, the thread first writes that Snapshot there, whole. A
+        job still waiting there is newer than what is in place but older than this one: it
+        is dropped (its file removed unpublished, if it was written), so the fit never
+        waits for the disk between intervals (in a fit's tail an idle rank makes a
+        generation every 1.5-5 ms on the test machine; fsync, rename and directory fsync
+        take about 2 ms). Raises what went wrong with an earlier job (a full disk)."""
         with self._lock:
             error, self._publish_error = self._publish_error, None
             if error is None:
                 if self._waiting is not None:
-                    os.remove(self._waiting[0])
+                    if self._waiting[3] is None:   # a written file
+                        os.remove(self._waiting[0])
                     self.superseded += 1
-                self._waiting = (tmp, round_, beside_solver)
+                self._waiting = (tmp, round_, beside_solver, snap)
                 if self._publisher is None:   # starting a thread costs 0.2 ms: it stays
                     self._publisher = threading.Thread(target=self._publish_waiting,
                                                        name="nlsq_mpi-checkpoint", daemon=False)
@@ -412,7 +434,8 @@ class Checkpointer:
             raise error
 
     def _publish_waiting(self):
-        """The publisher thread: publish the newest waiting file, then wait for the next;
+        """The publisher thread: write (a Snapshot it was handed) and publish the newest
+        waiting file, then wait for the next;
         it ends when flush() asks, or after PUBLISHER_IDLE_SECONDS without work (so a fit
         that ends by an error never leaves it behind). An error stops it too; the next
         _submit or flush() raises it instead of it vanishing here."""
@@ -426,8 +449,10 @@ class Checkpointer:
                     self._publisher = None
                     return
             try:
-                tmp, round_, beside_solver = job
+                tmp, round_, beside_solver, snap = job
                 policy.defer(beside_solver)
+                if snap is not None:
+                    self._write_alone(tmp, snap, idle=not beside_solver)
                 self._publish(tmp, round_)
             except BaseException as exc:
                 with self._lock:
@@ -516,8 +541,8 @@ class Checkpointer:
         """This run's writing, the same on every rank (all call it): generations written;
         write_seconds, the time writing them (the longest any rank spent in the collective
         writes plus every file one rank wrote alone); how many one rank wrote alone while
-        the others computed; how many were removed unpublished because a newer one was
-        written before their turn (_submit); the size of the newest file put in place."""
+        the others computed; how many were dropped unpublished because a newer one came
+        before their turn (_submit); the size of the newest file put in place."""
         self.flush()
         per_rank = self.comm.allgather((self.seconds, self.solo_files, self.published,
                                         self.superseded))
@@ -556,9 +581,10 @@ class CheckpointHook:
         ``alone``: the idle rank the driver chose to write this generation by itself, or
         None; ``lead``: the rank that writes the table of a collective generation and puts
         it in place."""
-        def snapshot():   # built only where this rank writes
-            return Snapshot(round_, steps, table.as_dict(), np.concatenate(parts),
-                            self.lane_width, len(parts), created)
+        def snapshot():   # built only where this rank writes; a copy, as a file one rank
+            # writes alone is written in its publisher thread while the driver goes on
+            return Snapshot(round_, steps, {k: v.copy() for k, v in table.as_dict().items()},
+                            np.concatenate(parts), self.lane_width, len(parts), created)
 
         lo = sum(len(p) for p in parts[:rank])
         self.ckpt.write(round_, snapshot, (lo, lo + len(parts[rank])), alone, lead)

@@ -9,9 +9,11 @@ import h5py
 import numpy as np
 import pytest
 
-from nlsq_mpi.checkpoint import Checkpointer, generations
+from nlsq_mpi.checkpoint import (Checkpointer, CheckpointHook, generations, read_generation,
+                                 state_dtype)
 from nlsq_mpi.h5file import FileWriter
 from nlsq_mpi.parallel.comm import SerialComm, mpi_io_defaults
+from nlsq_mpi.result import StartsTable
 
 
 def _checkpointer(directory):
@@ -50,6 +52,40 @@ def test_a_generation_written_while_one_waits_replaces_it(tmp_path, monkeypatch)
     assert (tmp_path / "gen-000000003.h5").read_bytes() == b"generation 3"
     assert not list(tmp_path.glob(".tmp-*")) and ckpt.published[0] == 3
     assert ckpt.stats()["superseded"] == 1
+
+
+def test_a_file_one_rank_writes_alone_is_written_by_its_publisher_thread(tmp_path, monkeypatch):
+    """Where one rank writes a generation alone (one process here), write() returns before
+    the file is written: the publisher thread writes it, from a copy of the table as it
+    was, while the driver goes on updating the table; a generation still waiting unwritten
+    when a newer one comes is dropped without being written."""
+    started, release, written = threading.Event(), threading.Event(), []
+    write_file = Checkpointer._write_file
+
+    def slow_write_file(self, tmp, snap, my_rows, lead):
+        assert threading.current_thread() is not threading.main_thread() and my_rows is None
+        started.set()
+        assert release.wait(30)
+        written.append(snap.round)
+        write_file(self, tmp, snap, my_rows, lead)
+
+    monkeypatch.setattr(Checkpointer, "_write_file", slow_write_file)
+    ckpt = _checkpointer(tmp_path)
+    hook = CheckpointHook(ckpt, lane_width=4)
+    table, no_states = StartsTable.empty(3, 2), [np.empty(0, state_dtype(2))]
+    hook.write(1, 10, table, no_states, 0, created=0.0)
+    assert started.wait(30)              # the thread writes round 1; write() has returned
+    table.cost[0] = 5.0                  # the driver goes on
+    hook.write(2, 20, table, no_states, 0, created=0.0)   # waits behind round 1
+    hook.write(3, 30, table, no_states, 0, created=0.0)   # replaces round 2, unwritten
+    assert ckpt.superseded == 1 and not list(tmp_path.glob("*-000000002-*"))
+    release.set()
+    ckpt.flush()
+    assert written == [1, 3]
+    newest, previous = (read_generation(path)[0] for path in generations(tmp_path))
+    assert (newest.round, previous.round) == (3, 1)
+    assert newest.table["cost"][0] == 5.0 and previous.table["cost"][0] == np.inf
+    assert not list(tmp_path.glob(".tmp-*")) and ckpt.stats()["writes"] == 3
 
 
 def test_a_failed_publish_is_raised_by_the_next_write(tmp_path, monkeypatch):
