@@ -245,12 +245,14 @@ def durable_rename(tmp, final):
 
 
 class SolverFirst:
-    """The publisher thread's scheduling policy (Linux). While it publishes a file whose
-    rank goes on solving on the same core (a collective file's lead), it runs as
-    SCHED_BATCH: at the same priority, so never starved, but a batch thread does not
-    preempt the running one when it wakes (from each fsync), it waits for the solver's time
-    slice to end. A file that an idle rank wrote alone is published as the thread started
-    (SCHED_OTHER), and sooner: that core has nothing else to do. A thread that did not
+    """The publisher thread's scheduling policy (Linux). While it handles a file whose
+    rank goes on solving on the same core (it publishes a collective file's lead, or writes
+    and publishes the file of a rank that writes every generation alone: one process, or
+    h5py without MPI), it runs as SCHED_BATCH: at the same priority, so never starved, but
+    a batch thread does not preempt the running one when it wakes (from each fsync), it
+    waits for the solver's time slice to end. A file an idle rank writes alone is written
+    and published as the thread started (SCHED_OTHER), and sooner: that core has nothing
+    else to do. A thread that did not
     start as SCHED_OTHER (a job run with chrt, say) is left as it is. On the bench (one
     process, alternating 16 fits each) the checkpoint overhead was 6.4% with the thread
     at normal priority throughout and 4.8% this way; a collective file then took 2.6 ms
