@@ -252,11 +252,11 @@ class SolverFirst:
     a batch thread does not preempt the running one when it wakes (from each fsync), it
     waits for the solver's time slice to end. A file an idle rank writes alone is written
     and published as the thread started (SCHED_OTHER), and sooner: that core has nothing
-    else to do. A thread that did not
-    start as SCHED_OTHER (a job run with chrt, say) is left as it is. On the bench (one
-    process, alternating 16 fits each) the checkpoint overhead was 6.4% with the thread
-    at normal priority throughout and 4.8% this way; a collective file then took 2.6 ms
-    (median) to 36 ms (95th percentile) from its write to its place."""
+    else to do. A thread that did not start as SCHED_OTHER (a job run with chrt, say) is
+    left as it is. On the bench (one process, alternating 16 fits each) the checkpoint
+    overhead was 6.4% with the thread at normal priority throughout and 4.8% this way; a
+    collective file then took 2.6 ms (median) to 36 ms (95th percentile) from its write to
+    its place."""
 
     def __init__(self):
         self.thread = threading.get_native_id()
@@ -436,11 +436,11 @@ class Checkpointer:
             raise error
 
     def _publish_waiting(self):
-        """The publisher thread: write (a Snapshot it was handed) and publish the newest
-        waiting file, then wait for the next;
-        it ends when flush() asks, or after PUBLISHER_IDLE_SECONDS without work (so a fit
-        that ends by an error never leaves it behind). An error stops it too; the next
-        _submit or flush() raises it instead of it vanishing here."""
+        """The publisher thread: write (where it was handed a Snapshot) and publish the
+        newest waiting file, then wait for the next; it ends when flush() asks, or after
+        PUBLISHER_IDLE_SECONDS without work (so a fit that ends by an error never leaves it
+        behind). An error stops it too; the next _submit or flush() raises it instead of it
+        vanishing here."""
         policy = SolverFirst()
         while True:
             with self._lock:
