@@ -274,6 +274,17 @@ class SolverFirst:
                 self.batch = to_solver
 
 
+@dataclass
+class _Job:
+    """A generation waiting for the publisher thread: the temporary file ``tmp`` of round
+    ``round_``, already written unless ``snap`` holds the Snapshot the thread must write
+    there first; ``beside_solver`` as in SolverFirst."""
+    tmp: Path
+    round_: int
+    beside_solver: bool
+    snap: Snapshot | None = None
+
+
 def _fault_kills(round_, idle):
     """Fault injection for the tests (NLSQ_MPI_FAULT): die with SIGKILL once generation
     ``round_`` is written and before it is renamed: ``kill-before-rename:<round>``, or
@@ -422,10 +433,10 @@ class Checkpointer:
             error, self._publish_error = self._publish_error, None
             if error is None:
                 if self._waiting is not None:
-                    if self._waiting[3] is None:   # a written file
-                        os.remove(self._waiting[0])
+                    if self._waiting.snap is None:   # a written file
+                        os.remove(self._waiting.tmp)
                     self.superseded += 1
-                self._waiting = (tmp, round_, beside_solver, snap)
+                self._waiting = _Job(tmp, round_, beside_solver, snap)
                 if self._publisher is None:   # starting a thread costs 0.2 ms: it stays
                     self._publisher = threading.Thread(target=self._publish_waiting,
                                                        name="nlsq_mpi-checkpoint", daemon=False)
@@ -451,11 +462,10 @@ class Checkpointer:
                     self._publisher = None
                     return
             try:
-                tmp, round_, beside_solver, snap = job
-                policy.defer(beside_solver)
-                if snap is not None:
-                    self._write_alone(tmp, snap, idle=not beside_solver)
-                self._publish(tmp, round_)
+                policy.defer(job.beside_solver)
+                if job.snap is not None:
+                    self._write_alone(job.tmp, job.snap, idle=not job.beside_solver)
+                self._publish(job.tmp, job.round_)
             except BaseException as exc:
                 with self._lock:
                     self._publish_error = exc
