@@ -42,7 +42,7 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -372,7 +372,10 @@ class Checkpointer:
         if alone is not None:
             if self.comm.rank == alone:
                 self.solo_files += int(idle_rank is not None)
-                self._submit(tmp, round_, beside_solver=idle_rank is None, snap=snapshot())
+                snap = snapshot()
+                # The thread writes the table as it is now; the caller goes on updating it.
+                snap = replace(snap, table={k: np.array(v) for k, v in snap.table.items()})
+                self._submit(tmp, round_, beside_solver=idle_rank is None, snap=snap)
             return
         t0 = time.perf_counter()
         self._write_file(tmp, snapshot(), my_rows, lead)
@@ -593,10 +596,9 @@ class CheckpointHook:
         ``alone``: the idle rank the driver chose to write this generation by itself, or
         None; ``lead``: the rank that writes the table of a collective generation and puts
         it in place."""
-        def snapshot():   # built only where this rank writes; a copy, as a file one rank
-            # writes alone is written in its publisher thread while the driver goes on
-            return Snapshot(round_, steps, {k: v.copy() for k, v in table.as_dict().items()},
-                            np.concatenate(parts), self.lane_width, len(parts), created)
+        def snapshot():   # built only where this rank writes
+            return Snapshot(round_, steps, table.as_dict(), np.concatenate(parts),
+                            self.lane_width, len(parts), created)
 
         lo = sum(len(p) for p in parts[:rank])
         self.ckpt.write(round_, snapshot, (lo, lo + len(parts[rank])), alone, lead)
