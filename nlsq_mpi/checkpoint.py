@@ -23,7 +23,8 @@ once). Every rank opens it with h5py's mpio driver and writes the state rows of 
 lanes, and one rank, the lead, the table: the rank that spent least time in the interval
 (driver.least_busy; where h5py has no MPI support, rank 0 writes the whole file). In a
 fit's tail, when no start waits and some rank has no running lanes, that rank writes the
-whole file alone while the others compute (driver.idle_writer). A file one rank writes
+whole file alone while the others compute, and the highest rank writes the fit's last
+generation alone while rank 0 saves the result (driver.idle_writer). A file one rank writes
 alone is written in that rank's publisher thread, a background thread that overlaps the
 next interval; the same thread of the lead of a collective file fsyncs and renames it into
 place (ranks on several nodes first sync their own rows, each, as the collective file
@@ -314,7 +315,7 @@ class Checkpointer:
         self.last_write_seconds = 0.0
         self.last_publish_seconds = 0.0   # a stop waits for its generation's publish too
         self.generations = 0      # written by this run
-        self.solo_files = 0       # of those, written by this rank alone while others computed
+        self.solo_files = 0       # of those, written by this rank alone (driver.idle_writer)
         self.seconds = {"together": 0.0, "alone": 0.0}   # this rank's time writing them
         self.published = (-1, 0)  # (round, bytes) of the last file this rank put in place
         self.superseded = 0       # dropped unpublished for a newer one (_submit)
@@ -555,9 +556,10 @@ class Checkpointer:
     def stats(self):
         """This run's writing, the same on every rank (all call it): generations written;
         write_seconds, the time writing them (the longest any rank spent in the collective
-        writes plus every file one rank wrote alone); how many one rank wrote alone while
-        the others computed; how many were dropped unpublished because a newer one came
-        before their turn (_submit); the size of the newest file put in place."""
+        writes plus every file one rank wrote alone); how many one rank wrote alone
+        (driver.idle_writer: in the tail while the others computed, and the last one); how
+        many were dropped unpublished because a newer one came before their turn
+        (_submit); the size of the newest file put in place."""
         self.flush()
         per_rank = self.comm.allgather((self.seconds, self.solo_files, self.published,
                                         self.superseded))

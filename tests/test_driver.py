@@ -89,14 +89,16 @@ def test_a_short_queue_is_shared_out_evenly_over_the_ranks():
 
 
 def test_an_idle_rank_writes_the_tail_checkpoints_alone():
-    """Once nothing is queued, the lowest rank with no running lanes writes alone; while
-    starts wait, when every rank still computes, or when none does, all ranks write."""
+    """Once nothing is queued, the lowest rank with no running lanes writes alone, and the
+    fit's last generation the highest rank; while starts wait, or when every rank still
+    computes, all ranks write (one process: its own rule, Checkpointer.write)."""
     assert idle_writer([3, 0, 0, 1], [0, 0, 0, 0], 0) == 1
     assert idle_writer([0, 2], [0, 0], 0) == 0
     assert idle_writer([3, 0, 0, 1], [0, 0, 0, 0], 5) is None     # starts wait
     assert idle_writer([3, 0], [0, 4], 0) is None                 # rank 1's own queue
     assert idle_writer([3, 1], [0, 0], 0) is None                 # everyone computes
-    assert idle_writer([0, 0], [0, 0], 0) is None                 # the fit's last write
+    assert idle_writer([0, 0, 0], [0, 0, 0], 0) == 2              # the fit's last write
+    assert idle_writer([0, 0], [0, 2], 0) is None
     assert idle_writer([0], [0], 0) is None
 
 
