@@ -37,8 +37,8 @@ def default_batch_width(m, n):
     another, where a lane that is not running costs nothing and the width only sets how
     many starts a call holds: up to LANE_LOOP_POINTS points in flight (256 lanes at
     m=2,000, 16 from m=32,000 on), so an interval does enough work to amortise its
-    collective and its checkpoint (1,000 starts on 2 ranks: 72 rounds at 16 lanes, 7 of
-    25 writes collective at 256 against 12 at 128; checkpoint overhead 10.4% at 128 lanes,
+    collective and its checkpoint (1,000 starts on 2 ranks: 72 rounds at 16 lanes, 6 of
+    25 writes collective at 256 against 11 at 128; checkpoint overhead 10.4% at 128 lanes,
     5.6% at 256 and 5.8% at 512, same plain time) while it stays short enough to stop
     promptly (about 0.1 s an interval there). An accelerator needs wide
     batches: up to 1024 lanes within ~256 MB of Jacobians."""
