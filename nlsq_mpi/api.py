@@ -161,8 +161,8 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
     with ckpt.flushing() if ckpt else contextlib.nullcontext():
         result = assemble_result(solver, problem, table, workflow, absolute_sigma, resume_from)
     if ckpt is not None:
-        # Rank 0 saves the result while the last rank's thread puts the last generation in
-        # place; stats() then waits for it on every rank.
+        # Rank 0 saves the result while the highest rank's thread writes the last generation
+        # and puts it in place (driver.idle_writer); stats() then waits for it on every rank.
         result.save(Path(checkpoint_dir) / "result.h5")
         result.checkpoint = ckpt.stats()
         if not keep_checkpoints:

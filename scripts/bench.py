@@ -227,10 +227,10 @@ def part3(default_processes=4):
                   f"{percent(np.expm1(np.median(noise)))}, middle half "
                   f"{percent(np.expm1(np.percentile(noise, 25)))} to "
                   f"{percent(np.expm1(np.percentile(noise, 75)))}")
-            print(f"  {c['writes']} writes ({c['solo_writes']} of them by an idle rank alone, in "
-                  f"the tail while the other computed and the last one, {c['superseded']} replaced by a newer one before they "
-                  f"were put in place), {1e3 * c['write_seconds'] / max(1, c['writes']):.1f} ms "
-                  f"of writing per write "
+            print(f"  {c['writes']} writes ({c['solo_writes']} of them by one rank alone: in the "
+                  f"tail the idle one, while the other computed, and the last; "
+                  f"{c['superseded']} replaced by a newer one before they were put in place), "
+                  f"{1e3 * c['write_seconds'] / max(1, c['writes']):.1f} ms of writing per write "
                   f"({100 * c['write_seconds'] / fastest['seconds']:.1f}% of that run's wall time), "
                   f"last file {c['last_bytes'] / 1024:.0f} KiB, "
                   f"{1e3 * min(plain) / max(1, c['writes']):.0f} ms of computation per write")
