@@ -249,8 +249,9 @@ def part3(default_processes=4):
         floor = json.loads(p.stdout.strip().splitlines()[-1])
         print(f"  floor, h5py alone (bench_h5_floor.py): {floor['hot_ms']:.1f} ms per collective "
               f"generation back to back, {floor['cold_ms']:.1f} ms after {floor['gap_ms']:.0f} ms "
-              f"of computation that streams a fit's working set, {floor['cold_durable_ms']:.1f} ms with its fsync, rename and "
-              f"directory fsync done at once")
+              f"of computation that streams a fit's working set, "
+              f"{floor['cold_durable_ms']:.1f} ms with its fsync, rename and directory fsync "
+              f"done at once")
         # Every rank stops for a collective write, so at the default lanes the checkpoints
         # cost at least this much of the run, whatever nlsq_mpi's own work around them.
         print(f"  lower bound at the default lanes, from the floor alone: {collective} collective "
