@@ -9,8 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from nlsq_mpi.checkpoint import (Checkpointer, CheckpointHook, generations, read_generation,
-                                 state_dtype)
+from nlsq_mpi.checkpoint import (Checkpointer, CheckpointHook, Snapshot, generations,
+                                 read_generation, state_dtype)
 from nlsq_mpi.h5file import FileWriter
 from nlsq_mpi.parallel.comm import SerialComm, mpi_io_defaults
 from nlsq_mpi.result import StartsTable
@@ -62,12 +62,12 @@ def test_a_file_one_rank_writes_alone_is_written_by_its_publisher_thread(tmp_pat
     started, release, written = threading.Event(), threading.Event(), []
     write_file = Checkpointer._write_file
 
-    def slow_write_file(self, tmp, snap, my_rows, lead):
+    def slow_write_file(self, tmp, snap, my_rows, lead, pause=None):
         assert threading.current_thread() is not threading.main_thread() and my_rows is None
         started.set()
         assert release.wait(30)
         written.append(snap.round)
-        write_file(self, tmp, snap, my_rows, lead)
+        write_file(self, tmp, snap, my_rows, lead, pause)
 
     monkeypatch.setattr(Checkpointer, "_write_file", slow_write_file)
     ckpt = _checkpointer(tmp_path)
@@ -177,6 +177,68 @@ def test_an_idle_publisher_thread_ends_by_itself(tmp_path, monkeypatch):
     ckpt, thread = _first_publish(tmp_path, monkeypatch, 0.05)
     thread.join(30)
     assert not thread.is_alive() and ckpt.published[0] == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_yield"), reason="no sched_yield")
+def test_an_idle_rank_yields_its_core_between_the_steps_of_a_file_while_others_solve(
+        tmp_path, monkeypatch):
+    """An idle rank's file with starts still in flight elsewhere is written with a yield of
+    the core (to the rank's main thread, waiting in the driver's collective) after each
+    step; the fit's last file (nothing in flight), which the fit waits for, and a file
+    written beside this rank's own solver are written in one go. All three are valid."""
+    yields, done = [], threading.Semaphore(0)
+    monkeypatch.setattr(os, "sched_yield", lambda: yields.append(threading.get_ident()))
+    publish = Checkpointer._publish
+
+    def counting_publish(self, tmp, round_):
+        publish(self, tmp, round_)
+        done.release()
+
+    monkeypatch.setattr(Checkpointer, "_publish", counting_publish)
+    ckpt = _checkpointer(tmp_path)
+    table = StartsTable.empty(3, 2).as_dict()
+    in_flight, none = np.zeros(1, state_dtype(2)), np.empty(0, state_dtype(2))
+    counts = []
+    for round_, states, beside_solver in ((1, in_flight, False), (2, none, False),
+                                          (3, in_flight, True)):
+        before = len(yields)
+        snap = Snapshot(round_, 10 * round_, table, states, lane_width=4, ranks=2)
+        ckpt._submit(tmp_path / f".tmp-gen-{round_:09d}-test.h5", round_,
+                     beside_solver=beside_solver, snap=snap)
+        assert done.acquire(timeout=30)
+        counts.append(len(yields) - before)
+    ckpt.flush()
+    # After the table, the checksum, the file's creation, 5 attributes, 3 datasets, the close.
+    assert counts == [12, 0, 0]
+    assert threading.get_ident() not in yields   # only the publisher thread yields
+    assert read_generation(tmp_path / "gen-000000003.h5")[0].states.shape == (1,)
+    assert read_generation(tmp_path / "gen-000000002.h5")[0].round == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_yield"), reason="no sched_yield")
+def test_an_idle_rank_gives_up_a_file_half_written_when_the_fits_last_one_waits(
+        tmp_path, monkeypatch):
+    """The fit's last generation, submitted while the thread is in the middle of a
+    courteous file, is not kept waiting: that file is given up (closed, removed, counted
+    as superseded) and the last one put in place."""
+    started, release = threading.Event(), threading.Event()
+
+    def first_yield_waits():
+        started.set()
+        assert release.wait(30)
+
+    monkeypatch.setattr(os, "sched_yield", first_yield_waits)
+    ckpt = _checkpointer(tmp_path)
+    table = StartsTable.empty(3, 2).as_dict()
+    for round_, states in ((1, np.zeros(1, state_dtype(2))), (2, np.empty(0, state_dtype(2)))):
+        snap = Snapshot(round_, 10 * round_, table, states, lane_width=4, ranks=2)
+        ckpt._submit(tmp_path / f".tmp-gen-{round_:09d}-test.h5", round_, snap=snap)
+        assert started.wait(30)   # round 1 is half written when round 2 comes
+    release.set()
+    ckpt.flush()
+    assert [p.rsplit("/", 1)[1] for p in generations(tmp_path)] == ["gen-000000002.h5"]
+    assert not list(tmp_path.glob(".tmp-*")) and ckpt.superseded == 1
+    assert read_generation(tmp_path / "gen-000000002.h5")[0].round == 2
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")

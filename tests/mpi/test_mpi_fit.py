@@ -129,9 +129,9 @@ def test_tail_generations_written_by_one_idle_rank_resume_exactly(monkeypatch):
         if alone == comm.rank:
             solo.append(round_)
 
-    def keeping_write_file(self, tmp, snap, my_rows, lead):
+    def keeping_write_file(self, tmp, snap, my_rows, lead, pause=None):
         # Every file one rank wrote whole (in its publisher thread), before it is published.
-        write_file(self, tmp, snap, my_rows, lead)
+        write_file(self, tmp, snap, my_rows, lead, pause)
         if my_rows is None:
             shutil.copy(tmp, base / "kept" / f"gen-{snap.round:09d}.h5")
 
