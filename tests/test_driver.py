@@ -103,8 +103,9 @@ def test_an_idle_rank_writes_the_tail_checkpoints_alone():
 
 
 def test_the_least_busy_rank_leads_a_collective_write():
-    """The rank that spent least time between the last two collectives writes the table and
-    puts the file in place (ties to the lower rank)."""
+    """The rank that has spent least time between collectives over the fit so far writes
+    the table and puts the file in place (ties to the lower rank); the driver keeps the
+    sums (tests/mpi: test_tail_generations_written_by_one_idle_rank_resume_exactly)."""
     assert least_busy([0.120, 0.031, 0.2]) == 1
     assert least_busy([0.5, 0.5]) == 0
     assert least_busy([0.01]) == 0

@@ -120,15 +120,20 @@ def idle_writer(active, own_queued, shared_queued):
     return idle[0] if 0 < len(idle) < len(active) else None
 
 
-def least_busy(busy):
+def least_busy(busy_so_far):
     """The rank that does a collective checkpoint's extra work: writing the per-start table
     and, in a background thread while the next interval computes, putting the file in
-    place (fsync, rename, directory fsync). The rank that spent least time between the last
-    two collectives: it is the likeliest to wait for the others in the next one too, so
-    the work delays no one. The same on every rank: it depends on gathered numbers only.
-    (On the bench's 2 ranks the last rank was the slower one in the intervals that refill
-    lanes; publishing there cost 1.4% of the fit more than on the other rank.)"""
-    return int(np.argmin(busy))
+    place (fsync, rename, directory fsync). The rank that has spent least time between
+    collectives over the fit so far (``busy_so_far``, one sum per rank): it is the likeliest
+    to wait for the others in the next one too, so the work delays no one. A rank whose
+    starts are easier stays ahead for the whole fit; one interval's time alone is noisy and
+    counts the lead's own publishing, so the lead changed between intervals. The same on
+    every rank: it depends on gathered numbers only. (On the bench's 2 ranks the last rank
+    was the slower one in the intervals that refill lanes. Chosen by the last interval
+    alone, it led 2-3 of the 6 collective files, and the collective intervals took 14-22
+    ms longer than without checkpoints in 7 of 8 launches (means of 20-24 fits each);
+    always the first rank: 8-9 ms in 2 launches; by the sum so far: 6-8 ms in 2.)"""
+    return int(np.argmin(busy_so_far))
 
 
 def harvest(batch):
@@ -221,7 +226,7 @@ def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scal
     frees = comm.allgather(batch_width)
     done = done_before = n_starts - len(unfinished)
     t0, last_log = time.perf_counter(), -float("inf")
-    busy_since = t0
+    busy_since, busy_so_far = t0, [0.0] * comm.size
     while True:
         if rebalance:
             shares = queue_shares(len(shared_queue), frees)
@@ -254,6 +259,7 @@ def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scal
                                    len(own_queue), want_stop, states, due, time.time(),
                                    time.perf_counter() - busy_since))
         busy_since = time.perf_counter()
+        busy_so_far = [b + g[8] for b, g in zip(busy_so_far, gathered)]
         for rows_r, *_ in gathered:
             done += apply_rows(table, rows_r)
         frees = [g[1] for g in gathered]
@@ -264,7 +270,7 @@ def run_starts(comm, advance, problem, x0, batch_width, interval, lb, ub, x_scal
                                                       [g[3] for g in gathered], len(shared_queue))
             checkpoint.write(round_, steps, table, [g[5] for g in gathered], comm.rank,
                              created=gathered[0][7], alone=alone,
-                             lead=least_busy([g[8] for g in gathered]))
+                             lead=least_busy(busy_so_far))
         now = time.perf_counter()
         if comm.rank == 0 and (now - last_log >= progress_seconds or remaining == 0 or stopping):
             last_log = now
