@@ -649,7 +649,7 @@ class CheckpointHook:
 
 def in_flight(batch):
     """This rank's unfinished starts and their solver states: the checkpoint's ``state``
-    records (one array is what the driver's collective carries)."""
+    records (the driver's collective carries their bytes)."""
     lanes = np.flatnonzero(batch.start_of_lane >= 0)
     records = np.empty(len(lanes), state_dtype(np.shape(batch.state.x)[1]))
     records["start"] = batch.start_of_lane[lanes]
