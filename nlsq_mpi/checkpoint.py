@@ -310,6 +310,16 @@ def _fault_kills(round_, idle):
     return fault == f"kill-before-rename:{round_}" or (idle and fault == "kill-before-rename:idle")
 
 
+def _fault_stalls(round_):
+    """Fault injection for the tests (NLSQ_MPI_FAULT=slow-after:<round>): each generation
+    from ``round_`` on, every rank sleeps 0.25 s, so a test's stop signal lands while
+    starts are still in flight however slowly mpirun forwards it (SIGTERM took 1.3 s here,
+    as long as the rest of the test job's fit)."""
+    kind, _, arg = os.environ.get("NLSQ_MPI_FAULT", "").partition(":")
+    if kind == "slow-after" and round_ >= int(arg):
+        time.sleep(0.25)
+
+
 def best_of(table):
     ok = (table["status"] >= 0) & np.isfinite(table["cost"])
     if not ok.any():
@@ -381,6 +391,7 @@ class Checkpointer:
         ``my_rows`` of the snapshot's states that its own lanes hold, and the rank ``lead``
         (the same on every rank: the driver's ``least_busy``) the per-start table too;
         ``lead`` then puts the file in place."""
+        _fault_stalls(round_)
         idle_rank = alone   # the driver's choice
         if alone is None and not self.collective:
             alone = 0

@@ -121,7 +121,7 @@ def test_kill_during_a_write_by_an_idle_rank_then_resume_is_exact(tmp_path, refe
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
 def test_signal_writes_checkpoint_and_exits_75(tmp_path, reference, sig):
     ckpt, out = tmp_path / "ckpt", tmp_path / "out.npz"
-    proc = _start(2, out, ckpt)
+    proc = _start(2, out, ckpt, env={"NLSQ_MPI_FAULT": "slow-after:5"})
     _wait_for_generation(ckpt, 5, proc)
     os.kill(proc.pid, sig)          # to mpirun, which forwards it to the ranks
     stdout, err = proc.communicate(timeout=120)
