@@ -333,10 +333,10 @@ class Checkpointer:
 
     def __init__(self, comm, directory, parts, log, start_over=False):
         """Open checkpoint_dir on every rank: rank 0 makes it, removes stale temporaries
-        (and with ``start_over`` every generation, for resume=False) and broadcasts, in one
-        collective, what every rank must share: its problem parts (the attributes written
-        collectively must agree), the run id that names the temporary files, and any error
-        (raised on every rank alike)."""
+        (and with ``start_over``, for resume=False, sets every generation aside as one, for
+        _discard) and broadcasts, in one collective, what every rank must share: its problem
+        parts (the attributes written collectively must agree), the run id that names the
+        temporary files, and any error (raised on every rank alike)."""
         self.comm, self.dir, self.log = comm, Path(directory), log
         self.last_write_seconds = 0.0
         self.last_publish_seconds = 0.0   # a stop waits for its generation's publish too
@@ -359,21 +359,29 @@ class Checkpointer:
         self._serial_writer = file_writer(h5py)
         self._collective_writer = file_writer(h5py, comm) if self.collective else None
         shared = None
+        self._set_aside = []   # rank 0: the generations start_over renamed away (_discard)
         if comm.rank == 0:
-            problem = None
+            problem, run_id = None, uuid.uuid4().hex[:12]
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)
                 if not os.access(self.dir, os.W_OK | os.X_OK):
                     raise PermissionError(f"no permission to write in {self.dir}")
-                for old in glob.glob(str(self.dir / ".tmp-*")) + (
-                        generations(self.dir) if start_over else []):
+                for old in glob.glob(str(self.dir / ".tmp-*")):
                     os.remove(old)
+                # Renamed, not removed, here: every rank waits for this broadcast, and a
+                # rename costs 0.01 ms where an unlink costs 0.1-0.3 ms. A temporary's name
+                # is no generation's, so the new run's generations cannot mix with them;
+                # _discard removes them at the end, a later open if the fit dies first.
+                for old in generations(self.dir) if start_over else []:
+                    aside = self.dir / f".tmp-old-{run_id}-{Path(old).name}"
+                    os.rename(old, aside)
+                    self._set_aside.append(aside)
             except OSError as exc:
                 problem = f"checkpoint_dir: cannot use {str(self.dir)!r}: {exc}"
             if comm.size > 1 and not self.collective and problem is None:
                 log.info("h5py has no MPI support: one rank writes each checkpoint (rank 0, or "
                          "in the tail a rank with no starts left)")
-            shared = (parts, uuid.uuid4().hex[:12], problem)
+            shared = (parts, run_id, problem)
         parts, self.run_id, problem = comm.bcast(shared)
         if problem:
             raise InputError(problem)
@@ -596,6 +604,7 @@ class Checkpointer:
             self._wake.notify()
         if publisher is not None:   # it ends once nothing waits (only this thread submits)
             publisher.join()
+        self._discard()
         with self._lock:
             error, self._publish_error, self._closing = self._publish_error, None, False
         if error is not None:
@@ -618,6 +627,14 @@ class Checkpointer:
                 "solo_writes": sum(n for _, n, _, _ in per_rank),
                 "superseded": sum(n for *_, n in per_rank),
                 "last_bytes": max(p for _, _, p, _ in per_rank)[1]}
+
+    def _discard(self):
+        """Remove the generations the open set aside (rank 0, in the flush at the fit's end,
+        while the highest rank still puts the last generation in place)."""
+        for aside in self._set_aside:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(aside)
+        self._set_aside = []
 
     def clear(self):
         self.flush()

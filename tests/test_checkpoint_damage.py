@@ -98,6 +98,8 @@ def test_resume_false_starts_over_and_keep_checkpoints_false_cleans_up(finished)
     r = _fit(ckpt, y=y + 1.0, resume=False, keep_checkpoints=False)
     assert r.resumed_from is None and generations(ckpt) == []
     assert (Path(ckpt) / "result.h5").exists()
+    # The old generations, set aside at the open, are gone too.
+    assert not list(Path(ckpt).glob(".tmp-*"))
 
 
 def test_finished_run_resumes_to_the_same_result(finished):
