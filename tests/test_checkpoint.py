@@ -138,8 +138,8 @@ def test_signal_writes_checkpoint_and_exits_75(tmp_path, reference, sig):
 def test_sigterm_without_mpirun_exits_75(tmp_path):
     ckpt, out = tmp_path / "ckpt", tmp_path / "out.npz"
     proc = subprocess.Popen([sys.executable, "-m", "nlsq_mpi", JOB, str(out), str(ckpt)],
-                            env={**os.environ, **MPI_ENV}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            env={**os.environ, **MPI_ENV, "NLSQ_MPI_FAULT": "slow-after:3"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_generation(ckpt, 3, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
