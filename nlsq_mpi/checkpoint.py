@@ -306,8 +306,8 @@ def _fault_kills(round_, idle):
     """Fault injection for the tests (NLSQ_MPI_FAULT): die with SIGKILL once generation
     ``round_`` is written and before it is renamed: ``kill-before-rename:<round>``, or
     ``kill-before-rename:idle`` at the first file an idle rank wrote alone."""
-    fault = os.environ.get("NLSQ_MPI_FAULT")
-    return fault == f"kill-before-rename:{round_}" or (idle and fault == "kill-before-rename:idle")
+    kind, arg = _fault()
+    return kind == "kill-before-rename" and (arg == str(round_) or (idle and arg == "idle"))
 
 
 def _fault_stalls(round_):
@@ -315,9 +315,15 @@ def _fault_stalls(round_):
     from ``round_`` on, every rank sleeps 0.25 s, so a test's stop signal lands while
     starts are still in flight however slowly mpirun forwards it (SIGTERM took 1.3 s here,
     as long as the rest of the test job's fit)."""
-    kind, _, arg = os.environ.get("NLSQ_MPI_FAULT", "").partition(":")
+    kind, arg = _fault()
     if kind == "slow-after" and round_ >= int(arg):
         time.sleep(0.25)
+
+
+def _fault():
+    """NLSQ_MPI_FAULT as (kind, argument): "kind:argument", or ("", "") when unset."""
+    kind, _, arg = os.environ.get("NLSQ_MPI_FAULT", "").partition(":")
+    return kind, arg
 
 
 def best_of(table):
