@@ -3,6 +3,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -13,7 +14,8 @@ from . import starts as starts_mod
 from .covariance import covariance
 from .errors import InputError, ModelError
 from .parallel.comm import SerialComm, get_comm, launched_by_mpi
-from .checkpoint import CheckpointHook, Checkpointer, fingerprint_parts, identity
+from .checkpoint import (CheckpointHook, Checkpointer, fingerprint_parts, identity,
+                         writing_advice)
 from .parallel.devices import compute_devices
 from .parallel.driver import Resume, run_starts
 from .preemption import StopControl
@@ -92,7 +94,9 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
     workflow="hpc" spreads the starts over the MPI ranks (each rank keeps ``batch_size``
     lanes per device busy, refilled every ``checkpoint_interval`` steps, with pending starts
     rebalanced across ranks); every rank returns the same result. Rank 0 logs progress at
-    most every ``progress_seconds`` and a summary at the end. With ``checkpoint_dir`` (any
+    most every ``progress_seconds`` and a summary at the end (with what checkpointing cost,
+    and a warning that names a ``checkpoint_seconds`` where it came to over 10% of the
+    fit). With ``checkpoint_dir`` (any
     workflow, but only "hpc" under several MPI ranks; all ranks together, or one idle rank
     in the fit's tail) it writes a checkpoint every interval (with ``checkpoint_seconds``,
     instead at the first interval end that many seconds after the last write), resumes
@@ -149,6 +153,7 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
     devices = devices[:min(comm.allgather(len(devices)))]
     width, devices = lanes_and_devices(width, c.n_starts, comm.size, devices,
                                        batch_size is None and steps_lane_by_lane(c.ydata.size))
+    started = time.perf_counter()
     with stop or contextlib.nullcontext(), (ckpt.flushing() if ckpt else contextlib.nullcontext()):
         table = run_starts(
             comm, solver.advance, problem, x0, width * len(devices), checkpoint_interval,
@@ -164,11 +169,16 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
         # Rank 0 saves the result while the highest rank's thread writes the last generation
         # and puts it in place (driver.idle_writer); stats() then waits for it on every rank.
         result.save(Path(checkpoint_dir) / "result.h5")
-        result.checkpoint = ckpt.stats()
+        result.checkpoint = {**ckpt.stats(),
+                             "fit_seconds": round(time.perf_counter() - started, 6)}
         if not keep_checkpoints:
             ckpt.clear()
     if workflow == "hpc" and comm.rank == 0:
         log.info("%s", result.summary())
+        advice = writing_advice(result.checkpoint, checkpoint_interval,
+                                checkpoint_seconds) if ckpt else None
+        if advice:
+            log.warning("%s", advice)
     return result
 
 

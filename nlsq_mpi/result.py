@@ -58,7 +58,7 @@ class FitResult:
     fun: np.ndarray         # whitened residuals at popt
     workflow: str = "local"
     resumed_from: Optional[str] = None
-    checkpoint: Optional[dict] = None   # this run's writing: Checkpointer.stats()
+    checkpoint: Optional[dict] = None   # this run's writing: Checkpointer.stats(), fit_seconds
 
     def __iter__(self):
         yield self.popt
@@ -77,6 +77,13 @@ class FitResult:
         done = int(np.sum(self.starts.status >= 0))
         lines.append(f"  starts converged {int(np.sum(self.starts.status > 0))}/{self.n_starts}, "
                      f"finished {done}, failed {int(np.sum(self.starts.status == FAILED))}")
+        c = self.checkpoint
+        if c and c["writes"]:
+            lines.append(f"  checkpoints {c['writes']} ({c['solo_writes']} by one rank alone), "
+                         f"{1e3 * c['write_seconds'] / c['writes']:.1f} ms of writing each, "
+                         f"{100 * c['write_seconds'] / c['fit_seconds']:.1f}% of the fit's "
+                         f"{c['fit_seconds']:.2f} s; last file {c['last_bytes'] / 1024:.0f} KiB "
+                         f"in {c['dir']}")
         return "\n".join(lines)
 
     def save(self, path):
