@@ -51,6 +51,7 @@ import numpy as np
 
 from .errors import InputError, NlsqError
 from .h5file import file_writer, no_pause
+from .result import writing_cost
 from .solver import SolverState, empty_state
 
 SCHEMA_VERSION = 3   # 3: the checksum covers the attributes too
@@ -660,11 +661,10 @@ def writing_advice(stats, interval, every_seconds=None):
     batch_size=16 the seed bench's 1,000 starts on 2 ranks wrote 72 generations of 4-6 ms
     against 22 ms of computation each, 17% of the fit. checkpoint_seconds at 20 writes'
     time keeps writing near 5% whatever an interval costs."""
-    writes, fit_seconds = stats["writes"], stats["fit_seconds"]
-    share = stats["write_seconds"] / fit_seconds if fit_seconds > 0 else 0.0
-    if share <= ADVICE_SHARE or writes == 0:
+    each, share = writing_cost(stats)
+    if share <= ADVICE_SHARE:
         return None
-    each = stats["write_seconds"] / writes
+    writes, fit_seconds = stats["writes"], stats["fit_seconds"]
     now = (f"checkpoint_seconds={every_seconds:g}" if every_seconds is not None
            else f"every {interval} solver steps")
     return (f"checkpoints took {100 * share:.0f}% of this fit: {writes} writes of "

@@ -9,6 +9,15 @@ from .errors import InputError
 from .solver.status import EMPTY, FAILED
 
 
+def writing_cost(stats):
+    """(seconds of writing per checkpoint, writing's share of the fit) from ``stats``:
+    Checkpointer.stats() plus the fit's ``fit_seconds``; (0, 0) when nothing was written."""
+    writes, fit_seconds = stats["writes"], stats["fit_seconds"]
+    if writes == 0 or fit_seconds <= 0:
+        return 0.0, 0.0
+    return stats["write_seconds"] / writes, stats["write_seconds"] / fit_seconds
+
+
 @dataclass
 class StartsTable:
     """One row per start, indexed by global start index."""
@@ -79,9 +88,9 @@ class FitResult:
                      f"finished {done}, failed {int(np.sum(self.starts.status == FAILED))}")
         c = self.checkpoint
         if c and c["writes"]:
+            each, share = writing_cost(c)
             lines.append(f"  checkpoints {c['writes']} ({c['solo_writes']} by one rank alone), "
-                         f"{1e3 * c['write_seconds'] / c['writes']:.1f} ms of writing each, "
-                         f"{100 * c['write_seconds'] / c['fit_seconds']:.1f}% of the fit's "
+                         f"{1e3 * each:.1f} ms of writing each, {100 * share:.1f}% of the fit's "
                          f"{c['fit_seconds']:.2f} s; last file {c['last_bytes'] / 1024:.0f} KiB "
                          f"in {c['dir']}")
         return "\n".join(lines)
