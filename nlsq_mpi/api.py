@@ -95,8 +95,8 @@ def fit(model, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, bounds=(
     lanes per device busy, refilled every ``checkpoint_interval`` steps, with pending starts
     rebalanced across ranks); every rank returns the same result. Rank 0 logs progress at
     most every ``progress_seconds`` and a summary at the end (with what checkpointing cost,
-    and a warning that names a ``checkpoint_seconds`` where it came to over 10% of the
-    fit). With ``checkpoint_dir`` (any
+    and a warning that names a ``checkpoint_seconds`` where it held the fit up for over
+    10% of its time). With ``checkpoint_dir`` (any
     workflow, but only "hpc" under several MPI ranks; all ranks together, or one idle rank
     in the fit's tail) it writes a checkpoint every interval (with ``checkpoint_seconds``,
     instead at the first interval end that many seconds after the last write), resumes

@@ -232,7 +232,9 @@ def part3(default_processes=4):
                   f"{c['superseded']} replaced by a newer one before they were put in place), "
                   f"{1e3 * c['write_seconds'] / max(1, c['writes']):.1f} ms of writing per write "
                   f"({100 * c['write_seconds'] / fastest['seconds']:.1f}% of that run's wall time, "
-                  f"counting the files written alone in a background thread), "
+                  f"counting the files written alone in a background thread; "
+                  f"{100 * c['collective_seconds'] / fastest['seconds']:.1f}% in the collective "
+                  f"ones, that every rank stops for), "
                   f"last file {c['last_bytes'] / 1024:.0f} KiB, "
                   f"{1e3 * min(plain) / max(1, c['writes']):.0f} ms of computation per write")
             if not flags:   # the floor's gap, and the writes all ranks stop for

@@ -77,6 +77,8 @@ def test_ranks_on_several_nodes_each_sync_their_rows_before_the_close(monkeypatc
             checkpoint_dir=str(base))
     collective = r.checkpoint["writes"] - r.checkpoint["solo_writes"]
     assert collective > 0 and comm.allgather(len(flushes)) == [collective] * comm.size
+    # every rank stopped for those: the time the fit was held up, less than all writing
+    assert 0 < r.checkpoint["collective_seconds"] < r.checkpoint["write_seconds"]
     assert set(flushes) == {h5py.h5f.SCOPE_GLOBAL}
     comm.barrier()
     if comm.rank == 0:
