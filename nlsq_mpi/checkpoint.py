@@ -55,7 +55,7 @@ from .result import writing_cost
 from .solver import SolverState, empty_state
 
 SCHEMA_VERSION = 3   # 3: the checksum covers the attributes too
-ADVICE_SHARE = 0.10   # writing above this share of a fit: it logs how to write less often
+ADVICE_SHARE = 0.10   # checkpoints holding a fit up longer than this share: it says so
 PUBLISHER_IDLE_SECONDS = 1.0   # a publisher thread with no file to publish for this long ends
 STATE_FIELDS = SolverState._fields
 

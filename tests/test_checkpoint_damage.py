@@ -303,9 +303,11 @@ def test_a_fit_sums_up_its_checkpoints_and_warns_when_they_cost_much(tmp_path, c
     c = r.checkpoint
     assert c["fit_seconds"] > c["write_seconds"] > 0 and c["writes"] > 3
     assert c["collective_seconds"] == 0   # one process: every file in the background thread
+    each, of_fit, _ = writing_cost(c)
+    assert (each, of_fit) == (c["write_seconds"] / c["writes"],
+                              c["write_seconds"] / c["fit_seconds"])
     line = (f"checkpoints {c['writes']} ({c['solo_writes']} by one rank alone), "
-            f"{1e3 * c['write_seconds'] / c['writes']:.1f} ms of writing each: "
-            f"{100 * c['write_seconds'] / c['fit_seconds']:.1f}% of the fit's")
+            f"{1e3 * each:.1f} ms of writing each: {100 * of_fit:.1f}% of the fit's")
     assert line in r.summary() and any(line in m for m in caplog.messages)
     warned = [rec for rec in caplog.records if "to write less often" in rec.getMessage()]
     assert [rec.levelno for rec in warned] == ([logging.WARNING] if share == 0.0 else [])
